@@ -1,0 +1,16 @@
+//! vigil: an inline inspection proxy. The library holds every stage of the request flow
+//! (config -> record -> normalize -> detectors -> policy -> models) so that the binary, the
+//! tests and the benches drive the same code; only `proxy` knows Pingora.
+
+pub mod cli;
+pub mod config;
+pub mod detectors;
+pub mod eval;
+pub mod forwarded;
+pub mod logsink;
+pub mod models;
+pub mod normalize;
+pub mod policy;
+pub mod proxy;
+pub mod record;
+pub mod request;

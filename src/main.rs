@@ -1,0 +1,21 @@
+//! The `vigil` binary: logging set-up and the command line (see `cli`).
+
+use clap::Parser;
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Diagnostics go to stderr so that an access log on stdout stays clean.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = vigil::cli::Cli::parse();
+    match vigil::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

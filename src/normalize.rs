@@ -1,0 +1,543 @@
+//! Decoding pipeline that runs before the rules: undoes the encodings attackers use to slip a
+//! payload past signatures (repeated percent-encoding, `%uXXXX`, overlong UTF-8, HTML
+//! entities, fullwidth forms, null bytes, case, whitespace runs, SQL comments, backslashes,
+//! dot-segments). Pure functions over bytes; never fails and never allocates unboundedly
+//! (output is never longer than input plus a constant per decoded character).
+
+/// What kind of value is decoded: `+` means a space only in query strings and form bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// Query-string or form argument: `+` is a space.
+    Form,
+    /// URL path: dot-segments are also resolved.
+    Path,
+    /// Header values, cookies, JSON strings, raw text.
+    Plain,
+}
+
+/// Evidence of evasion or malformed encoding found while decoding, reported as protocol
+/// anomalies by the rule engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Anomalies {
+    /// `%` not followed by two hex digits (nor `u` and four).
+    pub invalid_percent: bool,
+    /// A NUL byte, raw or encoded.
+    pub null_byte: bool,
+    /// Percent-encoding that was still present after one round of decoding.
+    pub multiple_encoding: bool,
+    /// Overlong UTF-8 (`%c0%af`), only ever used to evade filters.
+    pub overlong_utf8: bool,
+}
+
+impl Anomalies {
+    pub fn merge(&mut self, o: Anomalies) {
+        self.invalid_percent |= o.invalid_percent;
+        self.null_byte |= o.null_byte;
+        self.multiple_encoding |= o.multiple_encoding;
+        self.overlong_utf8 |= o.overlong_utf8;
+    }
+}
+
+/// How many percent-decoding rounds are applied (triple encoding and then some).
+const MAX_PERCENT_ROUNDS: usize = 4;
+
+/// The forms of one value the rules are matched against: the raw bytes, the fully decoded
+/// form, and (when they differ) the decoded form with SQL comments removed and, for paths,
+/// with dot-segments resolved.
+#[derive(Debug, Default, Clone)]
+pub struct Forms {
+    pub decoded: Vec<u8>,
+    pub sql: Option<Vec<u8>>,
+    pub path: Option<Vec<u8>>,
+    pub anomalies: Anomalies,
+}
+
+impl Forms {
+    /// The decoded forms that differ from the raw value (compared ignoring ASCII case, since
+    /// patterns are case-insensitive anyway); raw is always matched separately.
+    pub fn extra<'a>(&'a self, raw: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let decoded = Some(self.decoded.as_slice()).filter(|d| !d.eq_ignore_ascii_case(raw));
+        decoded
+            .into_iter()
+            .chain(self.sql.as_deref())
+            .chain(self.path.as_deref())
+    }
+}
+
+/// Run the whole pipeline on one value.
+pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
+    let mut anomalies = Anomalies::default();
+    if raw.contains(&0) {
+        anomalies.null_byte = true;
+    }
+    // Fast path: nothing to decode in the vast majority of benign values.
+    let needs_work = raw.iter().any(|&b| {
+        matches!(
+            b,
+            b'%' | b'&'
+                | b'\\'
+                | b'+'
+                | b'\t'
+                | b'\n'
+                | b'\r'
+                | 0x0b
+                | 0x0c
+                | 0
+                | b'/'
+                | b'#'
+                | b'-'
+        ) || b >= 0x80
+    });
+    if !needs_work {
+        let mut decoded = raw.to_vec();
+        decoded.make_ascii_lowercase();
+        return Forms {
+            decoded,
+            sql: None,
+            path: None,
+            anomalies,
+        };
+    }
+
+    let mut cur = raw.to_vec();
+    let mut next = Vec::with_capacity(raw.len());
+    for round in 0..MAX_PERCENT_ROUNDS {
+        let plus = ctx == Context::Form && round == 0;
+        let (changed, a) = percent_decode(&cur, plus, &mut next);
+        if round == 0 {
+            anomalies.invalid_percent |= a.invalid_percent;
+        } else if changed {
+            anomalies.multiple_encoding = true;
+        }
+        anomalies.null_byte |= a.null_byte;
+        std::mem::swap(&mut cur, &mut next);
+        if !changed {
+            break;
+        }
+    }
+    for _ in 0..2 {
+        if !html_entity_decode(&cur, &mut next) {
+            break;
+        }
+        std::mem::swap(&mut cur, &mut next);
+        // Entities can hide percent-encoding and vice versa (`&#37;27`).
+        let (changed, _) = percent_decode(&cur, false, &mut next);
+        if changed {
+            std::mem::swap(&mut cur, &mut next);
+        }
+    }
+    anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&cur, &mut next);
+    std::mem::swap(&mut cur, &mut next);
+
+    // Null bytes removed, backslashes as slashes, whitespace runs folded, ASCII lowercased.
+    next.clear();
+    let mut last_space = false;
+    for &b in &cur {
+        match b {
+            0 => {
+                anomalies.null_byte = true;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                if !last_space {
+                    next.push(b' ');
+                }
+                last_space = true;
+                continue;
+            }
+            b'\\' => next.push(b'/'),
+            _ => next.push(b.to_ascii_lowercase()),
+        }
+        last_space = false;
+    }
+    let decoded = next;
+
+    let sql = if contains(&decoded, b"/*") {
+        Some(strip_sql_comments(&decoded))
+    } else {
+        None
+    };
+    let path = if ctx == Context::Path && (contains(&decoded, b"/.") || decoded.starts_with(b".")) {
+        let p = remove_dot_segments(&decoded);
+        (p != decoded).then_some(p)
+    } else {
+        None
+    };
+    Forms {
+        decoded,
+        sql,
+        path,
+        anomalies,
+    }
+}
+
+fn contains(h: &[u8], n: &[u8]) -> bool {
+    h.windows(n.len()).any(|w| w == n)
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One round of `%XX` and `%uXXXX` decoding (and `+` when asked). Returns whether anything
+/// was decoded.
+pub fn percent_decode(input: &[u8], plus_as_space: bool, out: &mut Vec<u8>) -> (bool, Anomalies) {
+    out.clear();
+    let mut a = Anomalies::default();
+    let mut changed = false;
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                input.get(i + 1).copied().and_then(hex),
+                input.get(i + 2).copied().and_then(hex),
+            ) {
+                let v = h << 4 | l;
+                if v == 0 {
+                    a.null_byte = true;
+                }
+                out.push(v);
+                i += 3;
+                changed = true;
+                continue;
+            }
+            if matches!(input.get(i + 1), Some(b'u' | b'U')) && input.len() >= i + 6 {
+                let digits = &input[i + 2..i + 6];
+                if let Some(cp) = digits
+                    .iter()
+                    .try_fold(0u32, |acc, &d| hex(d).map(|v| acc << 4 | v as u32))
+                {
+                    push_codepoint(out, cp);
+                    i += 6;
+                    changed = true;
+                    continue;
+                }
+            }
+            a.invalid_percent = true;
+            out.push(b'%');
+            i += 1;
+        } else if b == b'+' && plus_as_space {
+            out.push(b' ');
+            changed = true;
+            i += 1;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    (changed, a)
+}
+
+fn push_codepoint(out: &mut Vec<u8>, cp: u32) {
+    // Fullwidth ASCII (U+FF01..U+FF5E) is what IIS-style "best fit" maps to ASCII.
+    let cp = if (0xFF01..=0xFF5E).contains(&cp) {
+        cp - 0xFF01 + 0x21
+    } else {
+        cp
+    };
+    match char::from_u32(cp) {
+        Some(c) => {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+        None => out.push(b'?'),
+    }
+}
+
+/// Map overlong UTF-8 encodings of ASCII and fullwidth forms to plain ASCII. Returns whether
+/// an overlong sequence was seen.
+fn fold_overlong_and_fullwidth(input: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mut overlong = false;
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if (b == 0xC0 || b == 0xC1) && i + 1 < input.len() && input[i + 1] & 0xC0 == 0x80 {
+            out.push(((b & 0x1F) << 6) | (input[i + 1] & 0x3F));
+            overlong = true;
+            i += 2;
+            continue;
+        }
+        if b == 0xE0
+            && i + 2 < input.len()
+            && input[i + 1] & 0xE0 == 0x80
+            && input[i + 2] & 0xC0 == 0x80
+        {
+            let cp = ((input[i + 1] as u32 & 0x3F) << 6) | (input[i + 2] as u32 & 0x3F);
+            if cp < 0x80 {
+                out.push(cp as u8);
+                overlong = true;
+                i += 3;
+                continue;
+            }
+        }
+        // U+FF01..U+FF5E encoded as EF BC 81..EF BD 9E.
+        if b == 0xEF
+            && i + 2 < input.len()
+            && (input[i + 1] == 0xBC || input[i + 1] == 0xBD)
+            && input[i + 2] & 0xC0 == 0x80
+        {
+            let cp = 0xF000u32 | ((input[i + 1] as u32 & 0x3F) << 6) | (input[i + 2] as u32 & 0x3F);
+            if (0xFF01..=0xFF5E).contains(&cp) {
+                out.push((cp - 0xFF01 + 0x21) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    overlong
+}
+
+const NAMED_ENTITIES: &[(&[u8], u8)] = &[
+    (b"lt", b'<'),
+    (b"gt", b'>'),
+    (b"quot", b'"'),
+    (b"apos", b'\''),
+    (b"amp", b'&'),
+    (b"colon", b':'),
+    (b"semi", b';'),
+    (b"lpar", b'('),
+    (b"rpar", b')'),
+    (b"lsqb", b'['),
+    (b"rsqb", b']'),
+    (b"lbrack", b'['),
+    (b"rbrack", b']'),
+    (b"lcub", b'{'),
+    (b"rcub", b'}'),
+    (b"sol", b'/'),
+    (b"bsol", b'\\'),
+    (b"period", b'.'),
+    (b"comma", b','),
+    (b"equals", b'='),
+    (b"excl", b'!'),
+    (b"num", b'#'),
+    (b"percnt", b'%'),
+    (b"grave", b'`'),
+    (b"tab", b'\t'),
+    (b"newline", b'\n'),
+    (b"nbsp", b' '),
+    (b"plus", b'+'),
+    (b"ast", b'*'),
+    (b"vert", b'|'),
+    (b"dollar", b'$'),
+];
+
+/// Decode HTML character references: named (a useful subset) and numeric, with or without
+/// the trailing `;` (browsers accept both). Returns whether anything was decoded.
+pub fn html_entity_decode(input: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if !input.contains(&b'&') {
+        out.extend_from_slice(input);
+        return false;
+    }
+    let mut changed = false;
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'&' {
+            if let Some((len, cp)) = entity_at(&input[i + 1..]) {
+                push_codepoint(out, cp);
+                i += 1 + len;
+                changed = true;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    changed
+}
+
+/// Parse an entity after `&`; returns (bytes consumed, code point).
+fn entity_at(s: &[u8]) -> Option<(usize, u32)> {
+    if s.first() == Some(&b'#') {
+        let (radix, start) = match s.get(1) {
+            Some(b'x' | b'X') => (16, 2),
+            _ => (10, 1),
+        };
+        let mut v: u32 = 0;
+        let mut n = start;
+        while n < s.len() && n < start + 8 {
+            let d = match (radix, s[n]) {
+                (16, c) => hex(c).map(u32::from),
+                (_, c @ b'0'..=b'9') => Some((c - b'0') as u32),
+                _ => None,
+            };
+            match d {
+                Some(d) => v = v.saturating_mul(radix).saturating_add(d),
+                None => break,
+            }
+            n += 1;
+        }
+        if n == start {
+            return None;
+        }
+        if s.get(n) == Some(&b';') {
+            n += 1;
+        }
+        return Some((n, v.min(0x10FFFF)));
+    }
+    for (name, c) in NAMED_ENTITIES {
+        if s.len() >= name.len() && s[..name.len()].eq_ignore_ascii_case(name) {
+            let mut n = name.len();
+            if s.get(n) == Some(&b';') {
+                n += 1;
+            } else if s.get(n).is_some_and(|c| c.is_ascii_alphanumeric()) {
+                continue;
+            }
+            return Some((n, *c as u32));
+        }
+    }
+    None
+}
+
+/// Remove SQL comments: `/* ... */` becomes a space, MySQL's executable `/*!50000 ... */`
+/// keeps its content (MySQL runs it).
+pub fn strip_sql_comments(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'/' && input.get(i + 1) == Some(&b'*') {
+            let body_start = i + 2;
+            let end = input[body_start..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map(|p| body_start + p);
+            if input.get(body_start) == Some(&b'!') {
+                let mut s = body_start + 1;
+                while s < input.len() && input[s].is_ascii_digit() {
+                    s += 1;
+                }
+                out.push(b' ');
+                let stop = end.unwrap_or(input.len());
+                out.extend_from_slice(&input[s.min(stop)..stop]);
+                out.push(b' ');
+            } else {
+                out.push(b' ');
+            }
+            i = end.map_or(input.len(), |e| e + 2);
+            continue;
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    // Fold the spaces the removal created.
+    let mut folded = Vec::with_capacity(out.len());
+    for &b in &out {
+        if b == b' ' && folded.last() == Some(&b' ') {
+            continue;
+        }
+        folded.push(b);
+    }
+    folded
+}
+
+/// RFC 3986 §5.2.4 remove_dot_segments on the path part (the query is left alone).
+pub fn remove_dot_segments(input: &[u8]) -> Vec<u8> {
+    let (path, rest) = match input.iter().position(|&b| b == b'?') {
+        Some(q) => (&input[..q], &input[q..]),
+        None => (input, &b""[..]),
+    };
+    let absolute = path.first() == Some(&b'/');
+    let mut stack: Vec<&[u8]> = Vec::new();
+    let segments: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            b"." => trailing_slash = i == last,
+            b".." => {
+                stack.pop();
+                trailing_slash = i == last;
+            }
+            b"" => trailing_slash = i == last && i != 0,
+            s => {
+                stack.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(input.len());
+    if absolute {
+        out.push(b'/');
+    }
+    out.extend_from_slice(&stack.join(&b'/'));
+    if trailing_slash && !stack.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str, ctx: Context) -> String {
+        String::from_utf8_lossy(&normalize(s.as_bytes(), ctx).decoded).into_owned()
+    }
+
+    #[test]
+    fn undoes_layered_encodings() {
+        assert_eq!(dec("%253Cscript%253E", Context::Form), "<script>");
+        assert_eq!(dec("%25252e%25252e%25252f", Context::Path), "../");
+        assert_eq!(
+            dec("%u003Cimg%u0020src%3Dx%3E", Context::Form),
+            "<img src=x>"
+        );
+        assert_eq!(
+            dec("&lt;svg&#x2f;onload&#61;alert(1)&gt;", Context::Plain),
+            "<svg/onload=alert(1)>"
+        );
+        assert_eq!(dec("&#60&#115;cript", Context::Plain), "<script");
+        assert_eq!(dec("1+UNION++SELECT", Context::Form), "1 union select");
+        assert_eq!(dec("a%00b", Context::Form), "ab");
+        assert_eq!(dec("..%5c..%5cwindows", Context::Path), "../../windows");
+        assert_eq!(dec("%c0%ae%c0%ae%c0%af", Context::Path), "../");
+        assert_eq!(dec("%EF%BC%9Cscript%EF%BC%9E", Context::Form), "<script>");
+        assert!(
+            normalize(b"a%2541", Context::Form)
+                .anomalies
+                .multiple_encoding
+        );
+        assert!(
+            normalize(b"100%zz", Context::Form)
+                .anomalies
+                .invalid_percent
+        );
+        assert!(normalize(b"x%00", Context::Form).anomalies.null_byte);
+    }
+
+    #[test]
+    fn plus_is_space_only_in_forms() {
+        assert_eq!(dec("a+b", Context::Plain), "a+b");
+        assert_eq!(dec("a%2Bb", Context::Form), "a+b");
+    }
+
+    #[test]
+    fn sql_comments_and_dot_segments() {
+        let f = normalize(b"1 UNION/**/SELECT/*!50000password*/", Context::Form);
+        assert_eq!(f.sql.as_deref(), Some(&b"1 union select password "[..]));
+        assert_eq!(
+            remove_dot_segments(b"/api/../etc/./passwd?x=../y"),
+            b"/etc/passwd?x=../y"
+        );
+        assert_eq!(remove_dot_segments(b"/a/b/../../../c/"), b"/c/");
+        let f = normalize(b"/static/%2e%2e/%2e%2e/etc/passwd", Context::Path);
+        assert_eq!(f.decoded, b"/static/../../etc/passwd");
+        assert_eq!(f.path.as_deref(), Some(&b"/etc/passwd"[..]));
+    }
+
+    #[test]
+    fn benign_values_take_the_fast_path() {
+        let f = normalize(b"Hello", Context::Form);
+        assert_eq!(f.decoded, b"hello");
+        assert_eq!(f.extra(b"Hello").count(), 0);
+    }
+}
