@@ -155,7 +155,8 @@ fn sanitize_target(t: &str) -> String {
 struct CrsRow {
     id: String,
     category: String,
-    rule_pl: u8,
+    #[serde(default)]
+    rule_pl: Option<u8>,
     method: String,
     uri: String,
     #[serde(default)]
@@ -164,9 +165,10 @@ struct CrsRow {
     headers: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     body: Option<String>,
-    expect_attack: bool,
     #[serde(default)]
-    response_rule: bool,
+    expect_attack: Option<bool>,
+    #[serde(default)]
+    response_rule: Option<bool>,
 }
 
 /// CRS regression tests: only the rows that must be detected at paranoia level 1 are
@@ -183,7 +185,7 @@ pub fn load_crs(path: &Path) -> Result<Vec<Sample>, EvalError> {
             line: i + 1,
             reason: e.to_string(),
         })?;
-        if !row.expect_attack || row.rule_pl != 1 || row.response_rule {
+        if row.expect_attack != Some(true) || row.rule_pl != Some(1) || row.response_rule == Some(true) {
             continue;
         }
         let headers = row

@@ -46,6 +46,7 @@ const MAX_PERCENT_ROUNDS: usize = 4;
 /// with dot-segments resolved.
 #[derive(Debug, Default, Clone)]
 pub struct Forms {
+    /// Empty when decoding changed nothing but case (the raw value covers it then).
     pub decoded: Vec<u8>,
     pub sql: Option<Vec<u8>>,
     pub path: Option<Vec<u8>>,
@@ -56,7 +57,7 @@ impl Forms {
     /// The decoded forms that differ from the raw value (compared ignoring ASCII case, since
     /// patterns are case-insensitive anyway); raw is always matched separately.
     pub fn extra<'a>(&'a self, raw: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let decoded = Some(self.decoded.as_slice()).filter(|d| !d.eq_ignore_ascii_case(raw));
+        let decoded = Some(self.decoded.as_slice()).filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case(raw));
         decoded
             .into_iter()
             .chain(self.sql.as_deref())
@@ -71,28 +72,9 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
         anomalies.null_byte = true;
     }
     // Fast path: nothing to decode in the vast majority of benign values.
-    let needs_work = raw.iter().any(|&b| {
-        matches!(
-            b,
-            b'%' | b'&'
-                | b'\\'
-                | b'+'
-                | b'\t'
-                | b'\n'
-                | b'\r'
-                | 0x0b
-                | 0x0c
-                | 0
-                | b'/'
-                | b'#'
-                | b'-'
-        ) || b >= 0x80
-    });
-    if !needs_work {
-        let mut decoded = raw.to_vec();
-        decoded.make_ascii_lowercase();
+    if !needs_work(raw, ctx) {
         return Forms {
-            decoded,
+            decoded: Vec::new(),
             sql: None,
             path: None,
             anomalies,
@@ -168,6 +150,25 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
         path,
         anomalies,
     }
+}
+
+/// Whether any stage of the pipeline could change `raw` beyond ASCII case.
+fn needs_work(raw: &[u8], ctx: Context) -> bool {
+    if ctx == Context::Path && raw.first() == Some(&b'.') {
+        return true;
+    }
+    let mut prev = 0u8;
+    for &b in raw {
+        match b {
+            b'%' | b'&' | b'\\' | 0..=0x1f | 0x7f..=0xff => return true,
+            b'+' if ctx == Context::Form => return true,
+            b'*' | b'.' if prev == b'/' => return true,
+            b' ' if prev == b' ' => return true,
+            _ => {}
+        }
+        prev = b;
+    }
+    false
 }
 
 fn contains(h: &[u8], n: &[u8]) -> bool {
@@ -480,7 +481,11 @@ mod tests {
     use super::*;
 
     fn dec(s: &str, ctx: Context) -> String {
-        String::from_utf8_lossy(&normalize(s.as_bytes(), ctx).decoded).into_owned()
+        let f = normalize(s.as_bytes(), ctx);
+        if f.decoded.is_empty() {
+            return s.to_ascii_lowercase();
+        }
+        String::from_utf8_lossy(&f.decoded).into_owned()
     }
 
     #[test]
@@ -537,7 +542,7 @@ mod tests {
     #[test]
     fn benign_values_take_the_fast_path() {
         let f = normalize(b"Hello", Context::Form);
-        assert_eq!(f.decoded, b"hello");
+        assert!(f.decoded.is_empty());
         assert_eq!(f.extra(b"Hello").count(), 0);
     }
 }

@@ -210,7 +210,7 @@ fn split_form<'a>(
         });
         out.push(Part {
             kind: vk,
-            name: Cow::Owned(decode_name(name)),
+            name: decode_name(name),
             value: Cow::Borrowed(value),
         });
     }
@@ -218,10 +218,13 @@ fn split_form<'a>(
 }
 
 /// Argument names are compared decoded (exclusions name `q`, not `%71`).
-fn decode_name(name: &[u8]) -> Vec<u8> {
+fn decode_name(name: &[u8]) -> Cow<'_, [u8]> {
+    if !name.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(name);
+    }
     let mut out = Vec::with_capacity(name.len());
     crate::normalize::percent_decode(name, true, &mut out);
-    out
+    Cow::Owned(out)
 }
 
 fn split_cookies<'a>(v: &'a [u8], max: usize, out: &mut Vec<Part<'a>>) -> bool {

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::meta::{self, Regex};
+use regex_automata::util::pool::Pool;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,7 @@ pub enum Check {
     HeaderTooLong,
     BodyOverLimit,
     NonAsciiRequestLine,
+    UnusualMethod,
 }
 
 impl Check {
@@ -92,6 +95,7 @@ impl Check {
             "header_too_long" => Check::HeaderTooLong,
             "body_over_limit" => Check::BodyOverLimit,
             "non_ascii_request_line" => Check::NonAsciiRequestLine,
+            "unusual_method" => Check::UnusualMethod,
             _ => return None,
         })
     }
@@ -198,11 +202,40 @@ impl RuleReport {
     }
 }
 
+type CachePool = Pool<Cache, Box<dyn Fn() -> Cache + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>>;
+
+/// One lazy DFA over every pattern, reporting all that match (`MatchKind::All`). Used
+/// directly rather than through `meta::Regex` so that it never gives up and falls back to
+/// the (much slower) PikeVM: a lazy DFA whose cache thrashes is still linear in the input.
+struct Engine {
+    dfa: DFA,
+    caches: CachePool,
+    /// Only used if the lazy DFA reports an error (it has no quit bytes, so it should not).
+    fallback: Regex,
+}
+
+impl Engine {
+    fn which(&self, hay: &[u8], set: &mut PatternSet) {
+        let mut cache = self.caches.get();
+        if self
+            .dfa
+            .try_which_overlapping_matches(&mut cache, &Input::new(hay), set)
+            .is_err()
+        {
+            self.fallback.which_overlapping_matches(&Input::new(hay), set);
+        }
+    }
+
+    fn pattern_len(&self) -> usize {
+        self.dfa.pattern_len()
+    }
+}
+
 /// Every rule pack, compiled.
 pub struct RuleSet {
     rules: Vec<Rule>,
     /// One engine over all patterns; pattern i belongs to rule `pattern_rule[i]`.
-    engine: Option<Regex>,
+    engine: Option<Engine>,
     pattern_rule: Vec<usize>,
     /// The same patterns one by one, used only to locate a snippet once a rule has matched.
     singles: Vec<Regex>,
@@ -243,6 +276,28 @@ fn syntax_config() -> syntax::Config {
         .utf8(false)
         .multi_line(false)
         .dot_matches_new_line(true)
+}
+
+fn build_engine(patterns: &[String]) -> Result<Engine, String> {
+    let dfa = DFA::builder()
+        .configure(
+            DFA::config()
+                .match_kind(MatchKind::All)
+                .cache_capacity(32 << 20)
+                .minimum_cache_clear_count(None),
+        )
+        .syntax(syntax_config())
+        .thompson(regex_automata::nfa::thompson::Config::new().shrink(true).nfa_size_limit(Some(256 << 20)))
+        .build_many(patterns)
+        .map_err(|e| e.to_string())?;
+    let fallback = Regex::builder()
+        .configure(meta::Config::new().match_kind(MatchKind::All).nfa_size_limit(Some(256 << 20)))
+        .syntax(syntax_config())
+        .build_many(patterns)
+        .map_err(|e| e.to_string())?;
+    let for_pool = dfa.clone();
+    let caches: CachePool = Pool::new(Box::new(move || for_pool.create_cache()));
+    Ok(Engine { dfa, caches, fallback })
 }
 
 fn single_regex(p: &str) -> Result<Regex, String> {
@@ -451,23 +506,9 @@ impl RuleSet {
         let engine = if patterns.is_empty() {
             None
         } else {
-            let built = Regex::builder()
-                .configure(
-                    meta::Config::new()
-                        .match_kind(MatchKind::All)
-                        .nfa_size_limit(Some(256 << 20))
-                        .hybrid_cache_capacity(16 << 20)
-                        .dfa_size_limit(Some(8 << 20)),
-                )
-                .syntax(syntax_config())
-                .build_many(&patterns);
-            match built {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    return Err(vec![RulesError::Compile {
-                        reason: e.to_string(),
-                    }])
-                }
+            match build_engine(&patterns) {
+                Ok(e) => Some(e),
+                Err(reason) => return Err(vec![RulesError::Compile { reason }]),
             }
         };
         let mut kinds = 0;
@@ -575,10 +616,10 @@ impl RuleSet {
             };
             set.clear();
             let raw: &[u8] = &part.value;
-            engine.which_overlapping_matches(&Input::new(raw), set);
+            engine.which(raw, set);
             if let Some(f) = &forms {
                 for form in f.extra(raw) {
-                    engine.which_overlapping_matches(&Input::new(form), set);
+                    engine.which(form, set);
                 }
             }
             if set.is_empty() {
@@ -611,6 +652,10 @@ impl RuleSet {
                 Check::HeaderTooLong => header_too_long,
                 Check::BodyOverLimit => req.body_truncated,
                 Check::NonAsciiRequestLine => req.target.iter().any(|&b| b < 0x21 || b >= 0x7f),
+                Check::UnusualMethod => !matches!(
+                    req.method.as_str(),
+                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+                ),
             };
             if hit {
                 let rule = &self.rules[ri];
