@@ -73,8 +73,16 @@ fn bench_normalize(c: &mut Criterion) {
     let mut g = c.benchmark_group("normalize");
     let inputs: [(&str, &[u8], Context); 3] = [
         ("plain_value", b"running-shoes-blue", Context::Form),
-        ("encoded_url", b"https%3A%2F%2Fshop.example.com%2Fcart%3Fid%3D42%26ref%3Dmail", Context::Form),
-        ("evasion", b"%253Cscr%00ipt%253E%26%23x61%3Blert(1)%252f%252e%252e%252f", Context::Form),
+        (
+            "encoded_url",
+            b"https%3A%2F%2Fshop.example.com%2Fcart%3Fid%3D42%26ref%3Dmail",
+            Context::Form,
+        ),
+        (
+            "evasion",
+            b"%253Cscr%00ipt%253E%26%23x61%3Blert(1)%252f%252e%252e%252f",
+            Context::Form,
+        ),
     ];
     for (name, input, ctx) in inputs {
         g.throughput(Throughput::Elements(1));
@@ -86,7 +94,10 @@ fn bench_normalize(c: &mut Criterion) {
 }
 
 fn bench_rules(c: &mut Criterion) {
-    let rules = match RuleSet::load(&[std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))]) {
+    let rules = match RuleSet::load(&[std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rules"
+    ))]) {
         Ok(r) => r,
         Err(e) => panic!("shipped rule packs must load: {e:?}"),
     };

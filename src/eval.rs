@@ -185,7 +185,10 @@ pub fn load_crs(path: &Path) -> Result<Vec<Sample>, EvalError> {
             line: i + 1,
             reason: e.to_string(),
         })?;
-        if row.expect_attack != Some(true) || row.rule_pl != Some(1) || row.response_rule == Some(true) {
+        if row.expect_attack != Some(true)
+            || row.rule_pl != Some(1)
+            || row.response_rule == Some(true)
+        {
             continue;
         }
         let headers = row

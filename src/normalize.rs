@@ -57,7 +57,8 @@ impl Forms {
     /// The decoded forms that differ from the raw value (compared ignoring ASCII case, since
     /// patterns are case-insensitive anyway); raw is always matched separately.
     pub fn extra<'a>(&'a self, raw: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let decoded = Some(self.decoded.as_slice()).filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case(raw));
+        let decoded =
+            Some(self.decoded.as_slice()).filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case(raw));
         decoded
             .into_iter()
             .chain(self.sql.as_deref())

@@ -202,7 +202,10 @@ impl RuleReport {
     }
 }
 
-type CachePool = Pool<Cache, Box<dyn Fn() -> Cache + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>>;
+type CachePool = Pool<
+    Cache,
+    Box<dyn Fn() -> Cache + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>,
+>;
 
 /// One lazy DFA over every pattern, reporting all that match (`MatchKind::All`). Used
 /// directly rather than through `meta::Regex` so that it never gives up and falls back to
@@ -222,7 +225,8 @@ impl Engine {
             .try_which_overlapping_matches(&mut cache, &Input::new(hay), set)
             .is_err()
         {
-            self.fallback.which_overlapping_matches(&Input::new(hay), set);
+            self.fallback
+                .which_overlapping_matches(&Input::new(hay), set);
         }
     }
 
@@ -287,17 +291,29 @@ fn build_engine(patterns: &[String]) -> Result<Engine, String> {
                 .minimum_cache_clear_count(None),
         )
         .syntax(syntax_config())
-        .thompson(regex_automata::nfa::thompson::Config::new().shrink(true).nfa_size_limit(Some(256 << 20)))
+        .thompson(
+            regex_automata::nfa::thompson::Config::new()
+                .shrink(true)
+                .nfa_size_limit(Some(256 << 20)),
+        )
         .build_many(patterns)
         .map_err(|e| e.to_string())?;
     let fallback = Regex::builder()
-        .configure(meta::Config::new().match_kind(MatchKind::All).nfa_size_limit(Some(256 << 20)))
+        .configure(
+            meta::Config::new()
+                .match_kind(MatchKind::All)
+                .nfa_size_limit(Some(256 << 20)),
+        )
         .syntax(syntax_config())
         .build_many(patterns)
         .map_err(|e| e.to_string())?;
     let for_pool = dfa.clone();
     let caches: CachePool = Pool::new(Box::new(move || for_pool.create_cache()));
-    Ok(Engine { dfa, caches, fallback })
+    Ok(Engine {
+        dfa,
+        caches,
+        fallback,
+    })
 }
 
 fn single_regex(p: &str) -> Result<Regex, String> {

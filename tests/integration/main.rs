@@ -1,0 +1,11 @@
+//! Integration tests: the real `vigil` binary in front of a real upstream, over real HTTP on
+//! loopback ports.
+
+mod harness;
+
+mod config_errors;
+mod inspection;
+mod logs;
+mod policy;
+mod proxying;
+mod reload;
