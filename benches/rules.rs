@@ -2,6 +2,8 @@
 //! whole rule engine (`RuleSet::inspect`: split + decode + match + report) on typical benign
 //! requests and on attacks, with the shipped rule packs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vigil::config::{Inspection, OverLimit};
 use vigil::detectors::rules::RuleSet;

@@ -466,7 +466,7 @@ impl RuleSet {
                     },
                     None => None,
                 };
-                if check.is_some() == !rf.patterns.is_empty() {
+                if check.is_some() != rf.patterns.is_empty() {
                     errors.push(bad("needs either patterns or a check (not both)".into()));
                     continue;
                 }
@@ -667,7 +667,7 @@ impl RuleSet {
                 Check::RequestLineTooLong => line_len > limits.max_request_line,
                 Check::HeaderTooLong => header_too_long,
                 Check::BodyOverLimit => req.body_truncated,
-                Check::NonAsciiRequestLine => req.target.iter().any(|&b| b < 0x21 || b >= 0x7f),
+                Check::NonAsciiRequestLine => req.target.iter().any(|b| !(0x21..0x7f).contains(b)),
                 Check::UnusualMethod => !matches!(
                     req.method.as_str(),
                     "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"

@@ -346,7 +346,7 @@ impl VigilProxy {
             // Never let our own reads complete a length-delimited body that overflows the
             // retry buffer: Pingora would then have nothing left to send it with.
             if let Some(cl) = content_length {
-                if cl > limit as u64 && cl - (buf.len() as u64) <= 64 * 1024 && buf.len() > 0 {
+                if cl > limit as u64 && cl - (buf.len() as u64) <= 64 * 1024 && !buf.is_empty() {
                     break;
                 }
             }

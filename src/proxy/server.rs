@@ -69,13 +69,15 @@ pub fn serve(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
 
     install_signal_handlers(registry.clone(), access.clone(), decisions.clone())?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = cfg.server.threads;
-    conf.pid_file = cfg.server.pid_file.display().to_string();
-    conf.upgrade_sock = cfg.server.upgrade_sock.display().to_string();
-    conf.grace_period_seconds = Some(cfg.server.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(cfg.server.graceful_shutdown_timeout.as_secs());
-    conf.daemon = opts.daemon;
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        pid_file: cfg.server.pid_file.display().to_string(),
+        upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.graceful_shutdown_timeout.as_secs()),
+        daemon: opts.daemon,
+        ..ServerConf::default()
+    };
     let opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,

@@ -1,6 +1,8 @@
 //! Integration tests: the real `vigil` binary in front of a real upstream, over real HTTP on
 //! loopback ports.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod harness;
 
 mod config_errors;
