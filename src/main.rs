@@ -9,6 +9,7 @@ fn main() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let cli = vigil::cli::Cli::parse();
     match vigil::cli::run(cli) {

@@ -60,6 +60,7 @@ pub struct FileUpstream {
     pub tls: bool,
     pub sni: String,
     pub verify_cert: bool,
+    pub ca_file: Option<PathBuf>,
     pub health_check_interval_secs: f64,
     pub connect_timeout_secs: f64,
     pub read_timeout_secs: f64,
@@ -72,6 +73,7 @@ impl Default for FileUpstream {
             tls: false,
             sni: String::new(),
             verify_cert: true,
+            ca_file: None,
             health_check_interval_secs: 5.0,
             connect_timeout_secs: 5.0,
             read_timeout_secs: 60.0,
@@ -392,11 +394,18 @@ impl FileConfig {
         if u.tls && u.sni.is_empty() {
             p.add("upstream.sni", "must be set when upstream.tls is true (the name the upstream certificate is checked against)");
         }
+        let ca_file = u.ca_file.as_ref().map(|f| super::resolve(base_dir, f));
+        if let Some(f) = &ca_file {
+            if !f.is_file() {
+                p.add("upstream.ca_file", format!("no such file: {}", f.display()));
+            }
+        }
         let upstream = Upstream {
             servers,
             tls: u.tls,
             sni: u.sni.clone(),
             verify_cert: u.verify_cert,
+            ca_file,
             health_check_interval: p.duration(
                 "upstream.health_check_interval_secs",
                 u.health_check_interval_secs,

@@ -87,6 +87,8 @@ pub struct Upstream {
     /// SNI and Host-independent name verified on the upstream certificate.
     pub sni: String,
     pub verify_cert: bool,
+    /// CA bundle (PEM) upstream certificates are verified against, instead of the system's.
+    pub ca_file: Option<PathBuf>,
     pub health_check_interval: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -114,7 +116,7 @@ pub enum LogTarget {
 pub struct Logging {
     pub access_log: LogTarget,
     pub decision_log: LogTarget,
-    /// Only requests whose action is not `allow`... or all of them.
+    /// Log every request (true) or only those that matched at least one rule.
     pub decision_log_all: bool,
 }
 

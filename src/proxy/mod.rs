@@ -38,6 +38,7 @@ pub struct Shared {
     pub trusted: Vec<IpNet>,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
     pub upstream: Upstream,
+    pub upstream_ca: Option<Arc<pingora::protocols::tls::CaType>>,
 }
 
 pub struct VigilProxy {
@@ -180,6 +181,7 @@ impl ProxyHttp for VigilProxy {
         peer.options.read_timeout = Some(u.read_timeout);
         peer.options.verify_cert = u.verify_cert;
         peer.options.verify_hostname = u.verify_cert;
+        peer.options.ca = self.shared.upstream_ca.clone();
         ctx.upstream = Some(backend.addr.to_string());
         Ok(Box::new(peer))
     }

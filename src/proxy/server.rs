@@ -96,6 +96,10 @@ pub fn serve(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
     } else {
         TcpHealthCheck::new()
     };
+    let ca = load_ca(&cfg.upstream)?;
+    hc.peer_template.options.ca = ca.clone();
+    hc.peer_template.options.verify_cert = cfg.upstream.verify_cert;
+    hc.peer_template.options.verify_hostname = cfg.upstream.verify_cert;
     hc.health_changed_callback = Some(Box::new(LogHealth));
     lb.set_health_check(hc);
     lb.health_check_frequency = Some(cfg.upstream.health_check_interval);
@@ -110,6 +114,7 @@ pub fn serve(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
         trusted: cfg.server.trusted_proxies.clone(),
         upstreams,
         upstream: cfg.upstream.clone(),
+        upstream_ca: ca,
     });
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -136,6 +141,30 @@ pub fn serve(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
     server.add_service(proxy);
     server.add_service(health);
     server.run_forever();
+}
+
+/// The CA bundle upstream certificates are checked against, when one is configured.
+fn load_ca(
+    u: &crate::config::Upstream,
+) -> Result<Option<Arc<pingora::protocols::tls::CaType>>, ServeError> {
+    let Some(path) = &u.ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| ServeError::Upstream(format!("ca_file {}: {e}", path.display())))?;
+    let certs = pingora::tls::x509::X509::stack_from_pem(&pem).map_err(|e| {
+        ServeError::Upstream(format!(
+            "ca_file {}: not a PEM certificate bundle: {e}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(ServeError::Upstream(format!(
+            "ca_file {}: no certificate in it",
+            path.display()
+        )));
+    }
+    Ok(Some(Arc::new(certs.into_boxed_slice())))
 }
 
 /// SIGHUP: rebuild the model set from the config file and swap it in (or keep the old one and

@@ -193,6 +193,10 @@ pub struct Setup {
     pub extra: String,
     pub rules: Option<PathBuf>,
     pub trusted: bool,
+    /// Terminate TLS on the listener with the test certificate.
+    pub tls_listener: bool,
+    /// Extra keys under `upstream:` (indented YAML lines).
+    pub upstream_extra: String,
 }
 
 impl Setup {
@@ -203,6 +207,8 @@ impl Setup {
             extra: String::new(),
             rules: None,
             trusted: false,
+            tls_listener: false,
+            upstream_extra: String::new(),
         }
     }
 
@@ -213,6 +219,16 @@ impl Setup {
 
     pub fn extra(mut self, yaml: &str) -> Setup {
         self.extra = yaml.to_string();
+        self
+    }
+
+    pub fn tls_listener(mut self) -> Setup {
+        self.tls_listener = true;
+        self
+    }
+
+    pub fn upstream_extra(mut self, yaml: &str) -> Setup {
+        self.upstream_extra = yaml.to_string();
         self
     }
 
@@ -245,10 +261,20 @@ impl Vigil {
         let rules = setup.rules.clone().unwrap_or_else(|| repo().join("rules"));
         let d = dir.path().display().to_string();
         let mut cfg = format!(
-            "listen:\n  - address: 127.0.0.1:{port}\nupstream:\n  servers: [{up}]\n  health_check_interval_secs: 1\n  connect_timeout_secs: 1\nserver:\n  threads: 1\n  grace_period_secs: 0\n  graceful_shutdown_timeout_secs: 1\n  pid_file: {d}/vigil.pid\n  upgrade_sock: {d}/upgrade.sock\n  trusted_proxies: [{t}]\nlogging:\n  access_log: {d}/access.log\n  decision_log: {d}/decisions.jsonl\nrules:\n  paths: [{r}]\n",
+            "listen:\n  - address: 127.0.0.1:{port}\n{tls}upstream:\n  servers: [{up}]\n{ux}  health_check_interval_secs: 1\n  connect_timeout_secs: 1\nserver:\n  threads: 1\n  grace_period_secs: 0\n  graceful_shutdown_timeout_secs: 1\n  pid_file: {d}/vigil.pid\n  upgrade_sock: {d}/upgrade.sock\n  trusted_proxies: [{t}]\nlogging:\n  access_log: {d}/access.log\n  decision_log: {d}/decisions.jsonl\nrules:\n  paths: [{r}]\n",
             up = setup.upstream,
             r = rules.display(),
             t = if setup.trusted { "127.0.0.0/8" } else { "" },
+            tls = if setup.tls_listener {
+                format!(
+                    "    tls: {{cert: {}, key: {}}}\n",
+                    repo().join("tests/data/test_cert.pem").display(),
+                    repo().join("tests/data/test_key.pem").display()
+                )
+            } else {
+                String::new()
+            },
+            ux = setup.upstream_extra,
         );
         cfg.push_str(&setup.policy);
         cfg.push_str(&setup.extra.replace("{dir}", &d));

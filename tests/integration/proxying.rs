@@ -214,3 +214,67 @@ fn round_robin_over_an_upstream_group_skips_a_dead_server() {
         b.count()
     );
 }
+
+#[test]
+fn tls_listener_and_tls_upstream_with_sni() {
+    use pingora::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let up = Upstream::start();
+    // A terminates TLS with the test certificate; B proxies plain HTTP to A over TLS.
+    let a = Setup::new(up.addr).tls_listener().start();
+    let b = Setup::new(a.addr)
+        .upstream_extra(&format!(
+            "  tls: true\n  sni: localhost\n  verify_cert: true\n  ca_file: {}\n",
+            crate::harness::repo()
+                .join("tests/data/test_cert.pem")
+                .display()
+        ))
+        .start();
+    let r = b.get("/through-tls?x=1");
+    assert_eq!(
+        r.status,
+        200,
+        "{}\nB:\n{}\nA:\n{}",
+        r.text(),
+        b.stderr(),
+        a.stderr()
+    );
+    assert_eq!(up.last().uri, "/through-tls?x=1");
+    assert_eq!(
+        up.last().header("x-forwarded-proto"),
+        Some("https"),
+        "A saw a TLS connection"
+    );
+
+    // A direct TLS client to A, checking the certificate it serves.
+    let mut builder = SslConnector::builder(SslMethod::tls()).expect("ssl");
+    builder
+        .set_ca_file(crate::harness::repo().join("tests/data/test_cert.pem"))
+        .expect("ca");
+    builder.set_verify(SslVerifyMode::PEER);
+    let conn = builder.build();
+    let tcp = TcpStream::connect(a.addr).expect("connect");
+    let mut tls = conn
+        .connect("localhost", tcp)
+        .expect("TLS handshake with the configured certificate");
+    tls.write_all(b"GET /direct HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls, &mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(up.last().uri, "/direct");
+    // Attacks over TLS are blocked like any other.
+    assert_eq!(b.get("/s?q=%3Cscript%3Ealert(1)%3C/script%3E").status, 403);
+}
+
+#[test]
+fn an_upstream_certificate_that_does_not_verify_is_refused() {
+    let up = Upstream::start();
+    let a = Setup::new(up.addr).tls_listener().start();
+    // The test certificate is self-signed: without it as the CA, verification must fail.
+    let b = Setup::new(a.addr)
+        .upstream_extra("  tls: true\n  sni: localhost\n")
+        .start();
+    assert_eq!(b.get("/x").status, 502);
+    assert_eq!(up.count(), 0);
+}
