@@ -161,3 +161,29 @@ fn sigterm_stops_gracefully() {
         .expect("vigil stops after SIGTERM");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sigquit_hands_the_listeners_to_an_upgraded_process() {
+    let up = Upstream::start();
+    let mut old = Setup::new(up.addr).start();
+    assert_eq!(old.get("/before").status, 200);
+    let stderr = std::fs::File::create(old.path("new.stderr")).expect("stderr");
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["serve", "--upgrade", "--config"])
+        .arg(&old.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start the new process");
+    // The new process waits on the upgrade socket; the old one hands over on SIGQUIT.
+    std::thread::sleep(Duration::from_millis(700));
+    old.signal(libc::SIGQUIT);
+    let status = old.exit_status(Duration::from_secs(15));
+    assert!(status.is_some(), "the old process exits after handing over");
+    let r = old.get("/after");
+    let new_log = std::fs::read_to_string(old.path("new.stderr")).unwrap_or_default();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert_eq!(r.status, 200, "the new process serves on the same address:\n{new_log}");
+    assert_eq!(up.last().uri, "/after");
+}
