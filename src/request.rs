@@ -289,7 +289,7 @@ fn split_body<'a>(
         match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(v) => {
                 let mut n = 0;
-                walk_json(&v, "", max, &mut n, out);
+                walk_json(v, "", max, &mut n, out);
                 an.too_many_args |= n > max;
             }
             Err(_) => {
@@ -340,8 +340,9 @@ fn is_binary_type(ct: &str) -> bool {
     .any(|p| ct.starts_with(p))
 }
 
+/// Consumes the parsed document so strings move into the parts without another copy.
 fn walk_json<'a>(
-    v: &serde_json::Value,
+    v: serde_json::Value,
     key: &str,
     max: usize,
     n: &mut usize,
@@ -356,7 +357,7 @@ fn walk_json<'a>(
             out.push(Part {
                 kind: PartKind::BodyValue,
                 name: Cow::Owned(key.as_bytes().to_vec()),
-                value: Cow::Owned(s.as_bytes().to_vec()),
+                value: Cow::Owned(s.into_bytes()),
             });
         }
         serde_json::Value::Array(items) => {
@@ -367,12 +368,12 @@ fn walk_json<'a>(
         serde_json::Value::Object(map) => {
             for (k, item) in map {
                 *n += 1;
+                walk_json(item, &k, max, n, out);
                 out.push(Part {
                     kind: PartKind::BodyName,
                     name: Cow::Borrowed(b""),
-                    value: Cow::Owned(k.as_bytes().to_vec()),
+                    value: Cow::Owned(k.into_bytes()),
                 });
-                walk_json(item, k, max, n, out);
             }
         }
         // Numbers, booleans and null carry no text payload.

@@ -184,6 +184,9 @@ fn sigquit_hands_the_listeners_to_an_upgraded_process() {
     let new_log = std::fs::read_to_string(old.path("new.stderr")).unwrap_or_default();
     let _ = new.kill();
     let _ = new.wait();
-    assert_eq!(r.status, 200, "the new process serves on the same address:\n{new_log}");
+    assert_eq!(
+        r.status, 200,
+        "the new process serves on the same address:\n{new_log}"
+    );
     assert_eq!(up.last().uri, "/after");
 }
