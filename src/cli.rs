@@ -43,6 +43,19 @@ pub enum Command {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
     },
+    /// Mine request templates (routes) from combined-format access logs and print the
+    /// vocabulary: what the sequence detectors will see as this site's routes.
+    Templates {
+        /// Access log (nginx/Apache combined or common format); repeatable.
+        #[arg(long, required = true)]
+        log: Vec<PathBuf>,
+        /// Templates kept (the rest are the unknown template).
+        #[arg(long, default_value_t = 2000)]
+        max_templates: usize,
+        /// How many to print, most frequent first.
+        #[arg(long, default_value_t = 40)]
+        show: usize,
+    },
     /// Measure the rule engine on labelled corpora: detection per category on attacks,
     /// false positives on benign traffic.
     Eval {
@@ -92,6 +105,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Check { config } => check(&config),
+        Command::Templates {
+            log,
+            max_templates,
+            show,
+        } => templates(&log, max_templates, show),
         Command::Eval {
             config,
             payloads,
@@ -160,6 +178,56 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if ok { 0 } else { 1 })
         }
     }
+}
+
+fn templates(logs: &[PathBuf], max_templates: usize, show: usize) -> anyhow::Result<i32> {
+    use crate::template::{Miner, MinerConfig, TemplateId};
+    let mut records = Vec::new();
+    for p in logs {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match crate::record::Record::parse_line(line, i + 1) {
+                Ok(r) => records.push(r),
+                Err(e) => eprintln!("{}: {e}", p.display()),
+            }
+        }
+    }
+    let mut miner = Miner::new(MinerConfig {
+        max_templates,
+        ..MinerConfig::default()
+    });
+    for r in &records {
+        let (method, target, _) = r.request_parts();
+        miner.add(&method, &target);
+    }
+    let vocab = miner.finish();
+    let unknown = records
+        .iter()
+        .filter(|r| {
+            let (m, t, _) = r.request_parts();
+            vocab.lookup(&m, &t) == TemplateId::UNKNOWN
+        })
+        .count();
+    println!(
+        "{} requests, {} clusters, {} templates kept (+ unknown); {} requests ({:.1}%) map to the unknown template",
+        records.len(),
+        miner.cluster_count(),
+        vocab.len() - 1,
+        unknown,
+        100.0 * unknown as f64 / records.len().max(1) as f64
+    );
+    for t in vocab.templates().iter().take(show) {
+        println!(
+            "{:>8}  {}",
+            t.count,
+            crate::record::escape_nginx(t.text.as_bytes())
+        );
+    }
+    Ok(0)
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<i32> {

@@ -14,3 +14,4 @@ pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod request;
+pub mod template;

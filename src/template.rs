@@ -1,0 +1,545 @@
+//! Request templates: a Drain-style miner that turns request lines into route templates
+//! (`GET /blog/tags/<*>`, `POST /api/users/<num>?page&sort`) with a capped vocabulary and an
+//! explicit unknown template. Identifiers, numbers, hex, UUIDs, base64-like tokens, e-mails
+//! and dates are masked before clustering; query keys are kept, values dropped; the status is
+//! never part of a template (it is unknown before the upstream answers). Pure and
+//! deterministic for a given input order; `Vocabulary` is what a model set persists.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Index into the vocabulary. `TemplateId::UNKNOWN` (0) is every request that matches no
+/// template (a new route, or one too rare to keep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TemplateId(pub u32);
+
+impl TemplateId {
+    pub const UNKNOWN: TemplateId = TemplateId(0);
+}
+
+/// Miner settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinerConfig {
+    /// Fraction of equal tokens (wildcards count as equal) above which a line joins a cluster.
+    pub similarity: f64,
+    /// Templates kept, most frequent first; the rest map to `UNKNOWN`.
+    pub max_templates: usize,
+    /// Templates seen fewer times than this are not kept either.
+    pub min_count: u64,
+}
+
+impl Default for MinerConfig {
+    fn default() -> Self {
+        MinerConfig {
+            similarity: 0.5,
+            max_templates: 2000,
+            min_count: 2,
+        }
+    }
+}
+
+const WILD: &str = "<*>";
+
+/// A request line reduced to what identifies its route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shape {
+    method: String,
+    segments: Vec<String>,
+    /// Sorted, de-duplicated query keys joined with `&` (empty when there is no query).
+    query: String,
+}
+
+impl Shape {
+    fn of(method: &str, target: &str) -> Shape {
+        let method = if method.len() <= 12 && method.bytes().all(|b| b.is_ascii_uppercase()) {
+            method.to_string()
+        } else {
+            "OTHER".to_string()
+        };
+        let (path, query) = match target.find('?') {
+            Some(i) => (&target[..i], &target[i + 1..]),
+            None => (target, ""),
+        };
+        // Absolute-form targets (`http://host/path`) keep only the path.
+        let path = match path.find("://") {
+            Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
+            None => path,
+        };
+        let mut segments: Vec<String> = path.split('/').skip(1).map(mask_segment).collect();
+        if segments.len() > 12 {
+            segments.truncate(12);
+            segments.push(WILD.to_string());
+        }
+        let mut keys: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let k = p.split('=').next().unwrap_or("");
+                mask_query_key(k)
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() > 16 {
+            keys.truncate(16);
+            keys.push(WILD.to_string());
+        }
+        Shape {
+            method,
+            segments,
+            query: keys.join("&"),
+        }
+    }
+
+    /// Clusters only ever compare lines with the same method, depth, first segment and keys.
+    fn bucket(&self) -> String {
+        let first = self.segments.first().map(String::as_str).unwrap_or("");
+        format!(
+            "{} {} {} ?{}",
+            self.method,
+            self.segments.len(),
+            first,
+            self.query
+        )
+    }
+}
+
+/// Mask one path segment: variable-looking tokens become typed placeholders; a file name
+/// keeps its extension (`<num>.png`).
+fn mask_segment(seg: &str) -> String {
+    if seg.is_empty() {
+        return String::new();
+    }
+    if let Some(dot) = seg.rfind('.') {
+        let (stem, ext) = (&seg[..dot], &seg[dot + 1..]);
+        if !stem.is_empty()
+            && (1..=5).contains(&ext.len())
+            && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            let m = mask_token(stem);
+            return format!("{m}.{}", ext.to_ascii_lowercase());
+        }
+    }
+    mask_token(seg)
+}
+
+fn mask_query_key(k: &str) -> String {
+    // Keys are names chosen by the application, but array keys (`ids[3]`) and generated ones
+    // (`_=1699999999`, `k1234`) vary: mask digits runs inside them.
+    if k.len() > 40 {
+        return WILD.to_string();
+    }
+    let mut out = String::with_capacity(k.len());
+    let mut in_digits = false;
+    for c in k.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            out.push(c.to_ascii_lowercase());
+            in_digits = false;
+        }
+    }
+    out
+}
+
+/// The placeholder for a variable token, or the token itself.
+pub fn mask_token(t: &str) -> String {
+    let b = t.as_bytes();
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    let alpha = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
+    if is_date(t) {
+        return "<date>".into();
+    }
+    if !b.is_empty() && digits == b.len() {
+        return "<num>".into();
+    }
+    if is_uuid(t) {
+        return "<uuid>".into();
+    }
+    if t.contains('@') && t.contains('.') {
+        return "<email>".into();
+    }
+    if b.len() >= 8 && b.iter().all(|c| c.is_ascii_hexdigit()) && digits > 0 {
+        return "<hex>".into();
+    }
+    let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count();
+    let lower = b.iter().filter(|c| c.is_ascii_lowercase()).count();
+    if b.len() >= 16
+        && b.iter().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_' | b'%')
+        })
+        && digits > 0
+        && (upper > 0 && lower > 0 || digits * 4 >= b.len())
+    {
+        return "<b64>".into();
+    }
+    // Mostly digits with a short prefix or suffix (`v2`, `p12345`, `12345abc`).
+    if digits >= 4 && digits * 2 >= alpha + digits {
+        return "<id>".into();
+    }
+    if b.len() > 64 {
+        return WILD.into();
+    }
+    t.to_string()
+}
+
+fn is_uuid(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn is_date(t: &str) -> bool {
+    let b = t.as_bytes();
+    let d = |r: std::ops::Range<usize>| b[r].iter().all(|c| c.is_ascii_digit());
+    (b.len() == 10
+        && d(0..4)
+        && (b[4] == b'-' || b[4] == b'_')
+        && d(5..7)
+        && b[7] == b[4]
+        && d(8..10))
+        || (b.len() == 8
+            && d(0..8)
+            && (b[0] == b'1' || b[0] == b'2')
+            && (b[4] == b'0' || b[4] == b'1'))
+}
+
+#[derive(Debug, Clone)]
+struct Cluster {
+    tokens: Vec<String>,
+    method: String,
+    query: String,
+    count: u64,
+}
+
+impl Cluster {
+    fn similarity(&self, s: &Shape) -> f64 {
+        if self.tokens.len() != s.segments.len() {
+            return 0.0;
+        }
+        if self.tokens.is_empty() {
+            return 1.0;
+        }
+        // As in Drain, a position already generalised to a wildcard does not count as
+        // similar: otherwise every cluster would swallow its neighbours one token at a time.
+        // Two file names with the same extension do count.
+        let same = self
+            .tokens
+            .iter()
+            .zip(&s.segments)
+            .filter(|(a, b)| (*a == *b && a.as_str() != WILD) || generalise(a, b).is_some())
+            .count();
+        same as f64 / self.tokens.len() as f64
+    }
+
+    fn absorb(&mut self, s: &Shape) {
+        for (t, seg) in self.tokens.iter_mut().zip(&s.segments) {
+            if t != seg && t != WILD {
+                *t = generalise(t, seg).unwrap_or_else(|| WILD.to_string());
+            }
+        }
+        self.count += 1;
+    }
+
+    fn render(&self) -> String {
+        let mut s = format!("{} /{}", self.method, self.tokens.join("/"));
+        if !self.query.is_empty() {
+            s.push('?');
+            s.push_str(&self.query);
+        }
+        s
+    }
+}
+
+/// Two differing tokens with the same extension generalise to `<*>.ext`.
+fn generalise(a: &str, b: &str) -> Option<String> {
+    let ea = a.rsplit_once('.').map(|(_, e)| e)?;
+    let eb = b.rsplit_once('.').map(|(_, e)| e)?;
+    (ea == eb && !ea.is_empty()).then(|| format!("{WILD}.{ea}"))
+}
+
+/// Learns templates from a stream of request lines.
+#[derive(Debug, Default)]
+pub struct Miner {
+    config: MinerConfig,
+    clusters: Vec<Cluster>,
+    buckets: HashMap<String, Vec<usize>>,
+}
+
+impl Miner {
+    pub fn new(config: MinerConfig) -> Miner {
+        Miner {
+            config,
+            clusters: Vec::new(),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Add one request (method and raw target) to the clusters.
+    pub fn add(&mut self, method: &str, target: &str) {
+        let shape = Shape::of(method, target);
+        let bucket = self.buckets.entry(shape.bucket()).or_default();
+        let best = bucket
+            .iter()
+            .map(|&i| (i, self.clusters[i].similarity(&shape)))
+            .filter(|(_, sim)| *sim >= self.config.similarity)
+            // Highest similarity; the oldest cluster on ties, for determinism.
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        match best {
+            Some((i, _)) => self.clusters[i].absorb(&shape),
+            None => {
+                bucket.push(self.clusters.len());
+                self.clusters.push(Cluster {
+                    tokens: shape.segments,
+                    method: shape.method,
+                    query: shape.query,
+                    count: 1,
+                });
+            }
+        }
+    }
+
+    pub fn cluster_count(&self) -> usize {
+        self.clusters.len()
+    }
+
+    /// Freeze into a vocabulary: the most frequent templates (at most `max_templates`, each
+    /// seen at least `min_count` times), ids assigned by descending count then text.
+    pub fn finish(&self) -> Vocabulary {
+        let mut merged: HashMap<String, (u64, &Cluster)> = HashMap::new();
+        for c in &self.clusters {
+            let e = merged.entry(c.render()).or_insert((0, c));
+            e.0 += c.count;
+        }
+        let mut list: Vec<(String, u64, &Cluster)> = merged
+            .into_iter()
+            .filter(|(_, (n, _))| *n >= self.config.min_count)
+            .map(|(t, (n, c))| (t, n, c))
+            .collect();
+        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        list.truncate(self.config.max_templates);
+        let templates = list
+            .into_iter()
+            .map(|(text, count, c)| Template {
+                text,
+                method: c.method.clone(),
+                tokens: c.tokens.clone(),
+                query: c.query.clone(),
+                count,
+            })
+            .collect();
+        Vocabulary::new(templates, self.config.similarity)
+    }
+}
+
+/// One kept template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    pub text: String,
+    method: String,
+    tokens: Vec<String>,
+    query: String,
+    /// How often it was seen in training.
+    pub count: u64,
+}
+
+/// The frozen template set used at serving time. `TemplateId(i + 1)` is `templates[i]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vocabulary {
+    templates: Vec<Template>,
+    similarity: f64,
+    #[serde(skip)]
+    buckets: HashMap<String, Vec<usize>>,
+}
+
+impl PartialEq for Vocabulary {
+    fn eq(&self, o: &Self) -> bool {
+        self.templates == o.templates && self.similarity == o.similarity
+    }
+}
+
+impl Vocabulary {
+    fn new(templates: Vec<Template>, similarity: f64) -> Vocabulary {
+        let mut v = Vocabulary {
+            templates,
+            similarity,
+            buckets: HashMap::new(),
+        };
+        v.index();
+        v
+    }
+
+    /// Rebuild the lookup index (after deserialising).
+    pub fn index(&mut self) {
+        self.buckets.clear();
+        for (i, t) in self.templates.iter().enumerate() {
+            let first = t.tokens.first().map(String::as_str).unwrap_or("");
+            let key = format!("{} {} {} ?{}", t.method, t.tokens.len(), first, t.query);
+            self.buckets.entry(key).or_default().push(i);
+            // A template whose first token was generalised is also reachable from any first
+            // token of that depth.
+            if first == WILD || first.starts_with(WILD) {
+                let key = format!("{} {} * ?{}", t.method, t.tokens.len(), t.query);
+                self.buckets.entry(key).or_default().push(i);
+            }
+        }
+    }
+
+    /// Number of ids including `UNKNOWN`.
+    pub fn len(&self) -> usize {
+        self.templates.len() + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    pub fn text(&self, id: TemplateId) -> &str {
+        match id.0 {
+            0 => "<unknown>",
+            i => self
+                .templates
+                .get(i as usize - 1)
+                .map_or("<unknown>", |t| t.text.as_str()),
+        }
+    }
+
+    pub fn templates(&self) -> &[Template] {
+        &self.templates
+    }
+
+    /// The template of a request, or `UNKNOWN`.
+    pub fn lookup(&self, method: &str, target: &str) -> TemplateId {
+        let shape = Shape::of(method, target);
+        let cands = self
+            .buckets
+            .get(&shape.bucket())
+            .into_iter()
+            .chain(self.buckets.get(&format!(
+                "{} {} * ?{}",
+                shape.method,
+                shape.segments.len(),
+                shape.query
+            )))
+            .flatten();
+        let mut best: Option<(usize, usize)> = None;
+        for &i in cands {
+            let t = &self.templates[i];
+            if t.tokens.len() != shape.segments.len() {
+                continue;
+            }
+            // At serving time a literal token must match exactly (or by extension for
+            // `<*>.ext`): a template is a route, not a similarity cluster any more.
+            let ok = t.tokens.iter().zip(&shape.segments).all(|(a, b)| {
+                a == b
+                    || a == WILD
+                    || (a.starts_with("<*>.")
+                        && b.rsplit_once('.').is_some_and(|(_, e)| e == &a[4..]))
+            });
+            if !ok {
+                continue;
+            }
+            let literal = t.tokens.iter().filter(|a| !a.starts_with(WILD)).count();
+            if best.is_none_or(|(_, l)| literal > l) {
+                best = Some((i, literal));
+            }
+        }
+        best.map_or(TemplateId::UNKNOWN, |(i, _)| TemplateId(i as u32 + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_variable_tokens() {
+        assert_eq!(mask_token("12345"), "<num>");
+        assert_eq!(mask_token("550e8400-e29b-41d4-a716-446655440000"), "<uuid>");
+        assert_eq!(mask_token("2024-03-01"), "<date>");
+        assert_eq!(mask_token("20071009"), "<date>");
+        assert_eq!(mask_token("deadbeef1234"), "<hex>");
+        assert_eq!(mask_token("bob@example.com"), "<email>");
+        assert_eq!(mask_token("aGVsbG8gd29ybGQgaGVsbG8K9"), "<b64>");
+        assert_eq!(mask_token("p12345"), "<id>");
+        assert_eq!(mask_token("logstash"), "logstash");
+        assert_eq!(mask_segment("photo-2.JPG"), "photo-2.jpg");
+        assert_eq!(mask_segment("98765.png"), "<num>.png");
+    }
+
+    #[test]
+    fn clusters_routes_and_keeps_query_keys() {
+        let mut m = Miner::new(MinerConfig {
+            min_count: 1,
+            ..MinerConfig::default()
+        });
+        for id in [1, 2, 3, 4] {
+            m.add("GET", &format!("/api/users/{id}?page=2&sort=name"));
+        }
+        for name in ["firewall", "ruby", "linux"] {
+            m.add("GET", &format!("/blog/tags/{name}"));
+        }
+        for img in ["a.png", "b.png", "kibana.png"] {
+            m.add("GET", &format!("/presentations/logstash-2013/images/{img}"));
+        }
+        m.add("POST", "/api/login");
+        let v = m.finish();
+        let texts: Vec<&str> = v.templates().iter().map(|t| t.text.as_str()).collect();
+        assert!(
+            texts.contains(&"GET /api/users/<num>?page&sort"),
+            "{texts:?}"
+        );
+        assert!(texts.contains(&"GET /blog/tags/<*>"), "{texts:?}");
+        assert!(
+            texts.contains(&"GET /presentations/logstash-2013/images/<*>.png"),
+            "{texts:?}"
+        );
+        assert_eq!(
+            v.text(v.lookup("GET", "/api/users/99?sort=x&page=1")),
+            "GET /api/users/<num>?page&sort"
+        );
+        assert_eq!(
+            v.text(v.lookup("GET", "/blog/tags/rust")),
+            "GET /blog/tags/<*>"
+        );
+        assert_eq!(
+            v.lookup("GET", "/api/users/99"),
+            TemplateId::UNKNOWN,
+            "different keys, different route"
+        );
+        assert_eq!(v.lookup("DELETE", "/api/login"), TemplateId::UNKNOWN);
+        assert_eq!(v.text(v.lookup("POST", "/api/login")), "POST /api/login");
+    }
+
+    #[test]
+    fn vocabulary_is_capped_and_deterministic() {
+        let lines: Vec<String> = (0..50)
+            .map(|i| format!("/page{}/x", ["a", "b", "c", "d", "e"][i % 5]))
+            .collect();
+        let build = || {
+            let mut m = Miner::new(MinerConfig {
+                max_templates: 3,
+                min_count: 1,
+                similarity: 0.9,
+            });
+            for l in &lines {
+                m.add("GET", l);
+            }
+            m.finish()
+        };
+        let a = build();
+        assert_eq!(a.len(), 4, "three templates plus unknown");
+        assert_eq!(a, build());
+        let json = serde_json::to_string(&a).unwrap();
+        let mut back: Vocabulary = serde_json::from_str(&json).unwrap();
+        back.index();
+        assert_eq!(back.lookup("GET", "/pagea/x"), a.lookup("GET", "/pagea/x"));
+    }
+}
