@@ -14,4 +14,5 @@ pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod request;
+pub mod session;
 pub mod template;

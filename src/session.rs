@@ -1,0 +1,428 @@
+//! Per-client session state: the client's last W request templates and time-decayed counters
+//! (request rates over 10 s / 60 s / 10 min, error ratio, 401/403/404 counts, inter-arrival
+//! statistics, bytes). Time is passed in by the caller (the request's own timestamp), never
+//! read from the clock, so replaying a log gives the same state as living through it. Memory is
+//! bounded: at most `max_clients` entries, idle ones expire after `idle_ttl`, and a full table
+//! evicts the least recently seen of a sample (approximate LRU, O(1) per insert).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use crate::template::TemplateId;
+
+/// How requests are grouped into one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKey {
+    /// The client address (after trusted-proxy resolution).
+    Ip,
+    /// Address and user-agent: separates users behind one NAT address.
+    IpUserAgent,
+    /// The value of a cookie (falls back to the address when absent).
+    Cookie(String),
+    /// The value of a request header, e.g. an API key (falls back to the address).
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    /// Templates remembered per client.
+    pub window: usize,
+    pub max_clients: usize,
+    /// Seconds without a request after which a client is forgotten.
+    pub idle_ttl: f64,
+    pub key: SessionKey,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            window: 20,
+            max_clients: 100_000,
+            idle_ttl: 1800.0,
+            key: SessionKey::Ip,
+        }
+    }
+}
+
+/// An exponentially decaying event count: `value` is the number of events in (roughly) the
+/// last `tau` seconds, so `value / tau` is a rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Decayed {
+    value: f32,
+    at: f64,
+}
+
+impl Decayed {
+    fn decay_to(&mut self, now: f64, tau: f64) {
+        if now > self.at {
+            self.value *= (-(now - self.at) / tau).exp() as f32;
+            self.at = now;
+        }
+    }
+
+    pub fn add(&mut self, now: f64, tau: f64, amount: f32) {
+        self.decay_to(now, tau);
+        self.value += amount;
+    }
+
+    /// The count as of `now` (without changing the state).
+    pub fn at(&self, now: f64, tau: f64) -> f32 {
+        if now > self.at {
+            self.value * (-(now - self.at) / tau).exp() as f32
+        } else {
+            self.value
+        }
+    }
+}
+
+pub const TAU_SHORT: f64 = 10.0;
+pub const TAU_MEDIUM: f64 = 60.0;
+pub const TAU_LONG: f64 = 600.0;
+
+/// Everything vigil remembers about one client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientState {
+    /// Most recent last; at most `window` entries.
+    pub recent: Vec<TemplateId>,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    pub requests: u64,
+    pub rate_short: Decayed,
+    pub rate_medium: Decayed,
+    pub rate_long: Decayed,
+    /// Decayed (60 s) counts of 4xx/5xx responses and of 401, 403 and 404 in particular.
+    pub errors: Decayed,
+    pub unauthorized: Decayed,
+    pub forbidden: Decayed,
+    pub not_found: Decayed,
+    /// Decayed (60 s) response bytes.
+    pub bytes: Decayed,
+    /// Exponentially weighted mean and variance of seconds between requests.
+    pub gap_mean: f32,
+    pub gap_var: f32,
+}
+
+impl ClientState {
+    fn new(now: f64) -> ClientState {
+        ClientState {
+            recent: Vec::new(),
+            first_seen: now,
+            last_seen: now,
+            requests: 0,
+            rate_short: Decayed::default(),
+            rate_medium: Decayed::default(),
+            rate_long: Decayed::default(),
+            errors: Decayed::default(),
+            unauthorized: Decayed::default(),
+            forbidden: Decayed::default(),
+            not_found: Decayed::default(),
+            bytes: Decayed::default(),
+            gap_mean: 0.0,
+            gap_var: 0.0,
+        }
+    }
+
+    /// Record a request's arrival and template (pre-upstream stage).
+    pub fn observe_request(&mut self, now: f64, template: TemplateId, window: usize) {
+        if self.requests > 0 {
+            let gap = (now - self.last_seen).max(0.0) as f32;
+            // EWMA with alpha 0.2: about the last five gaps.
+            let d = gap - self.gap_mean;
+            self.gap_mean += 0.2 * d;
+            self.gap_var = 0.8 * (self.gap_var + 0.2 * d * d);
+        }
+        self.requests += 1;
+        self.last_seen = self.last_seen.max(now);
+        self.rate_short.add(now, TAU_SHORT, 1.0);
+        self.rate_medium.add(now, TAU_MEDIUM, 1.0);
+        self.rate_long.add(now, TAU_LONG, 1.0);
+        if self.recent.capacity() < window {
+            self.recent.reserve_exact(window - self.recent.len());
+        }
+        if self.recent.len() == window {
+            self.recent.remove(0);
+        }
+        self.recent.push(template);
+    }
+
+    /// Record the response (post-response stage).
+    pub fn observe_response(&mut self, now: f64, status: u16, bytes: u64) {
+        if status >= 400 {
+            self.errors.add(now, TAU_MEDIUM, 1.0);
+        }
+        match status {
+            401 => self.unauthorized.add(now, TAU_MEDIUM, 1.0),
+            403 => self.forbidden.add(now, TAU_MEDIUM, 1.0),
+            404 => self.not_found.add(now, TAU_MEDIUM, 1.0),
+            _ => {}
+        }
+        self.bytes.add(now, TAU_MEDIUM, bytes as f32);
+    }
+
+    /// Distinct templates among the recent ones.
+    pub fn unique_recent(&self) -> usize {
+        let mut v = self.recent.clone();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    }
+
+    /// Share of recent (60 s) requests that failed.
+    pub fn error_ratio(&self, now: f64) -> f32 {
+        let n = self.rate_medium.at(now, TAU_MEDIUM);
+        if n <= 0.0 {
+            0.0
+        } else {
+            (self.errors.at(now, TAU_MEDIUM) / n).min(1.0)
+        }
+    }
+
+    /// Approximate heap plus inline size of this state, for capacity planning.
+    pub fn size_bytes(&self) -> usize {
+        std::mem::size_of::<ClientState>()
+            + self.recent.capacity() * std::mem::size_of::<TemplateId>()
+    }
+}
+
+const SHARDS: usize = 16;
+/// Entries examined to pick an eviction victim when a shard is full.
+const EVICTION_SAMPLE: usize = 16;
+
+/// All clients' state, sharded to keep lock contention low on the request path.
+pub struct Sessions {
+    config: SessionConfig,
+    shards: Vec<Mutex<HashMap<String, ClientState>>>,
+}
+
+impl Sessions {
+    pub fn new(config: SessionConfig) -> Sessions {
+        Sessions {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The session key of a request.
+    pub fn key(
+        &self,
+        client: &str,
+        user_agent: Option<&[u8]>,
+        cookie: Option<&[u8]>,
+        header: Option<&[u8]>,
+    ) -> String {
+        match &self.config.key {
+            SessionKey::Ip => client.to_string(),
+            SessionKey::IpUserAgent => {
+                let mut h = DefaultHasher::new();
+                user_agent.unwrap_or_default().hash(&mut h);
+                format!("{client}|{:016x}", h.finish())
+            }
+            SessionKey::Cookie(name) => cookie
+                .and_then(|c| cookie_value(c, name))
+                .map(|v| format!("c:{}", String::from_utf8_lossy(v)))
+                .unwrap_or_else(|| client.to_string()),
+            SessionKey::Header(_) => header
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("h:{}", String::from_utf8_lossy(v)))
+                .unwrap_or_else(|| client.to_string()),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, ClientState>> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Run `f` on the client's state, creating it (and evicting if full) when needed.
+    pub fn with<R>(&self, key: &str, now: f64, f: impl FnOnce(&mut ClientState) -> R) -> R {
+        let per_shard = (self.config.max_clients / SHARDS).max(1);
+        let mut map = match self.shard(key).lock() {
+            Ok(m) => m,
+            // A panic while holding the lock leaves plain counters behind: keep using them.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(state) = map.get_mut(key) {
+            if now - state.last_seen <= self.config.idle_ttl {
+                return f(state);
+            }
+            // Expired: start afresh, as if it had been evicted.
+            *state = ClientState::new(now);
+            return f(state);
+        }
+        if map.len() >= per_shard {
+            evict(&mut map, now, self.config.idle_ttl);
+        }
+        let state = map
+            .entry(key.to_string())
+            .or_insert_with(|| ClientState::new(now));
+        f(state)
+    }
+
+    /// A copy of a client's state, if known and not expired.
+    pub fn get(&self, key: &str, now: f64) -> Option<ClientState> {
+        let map = match self.shard(key).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(key)
+            .filter(|s| now - s.last_seen <= self.config.idle_ttl)
+            .cloned()
+    }
+
+    /// Forget one client (the session reset of the REST API).
+    pub fn reset(&self, key: &str) -> bool {
+        let mut map = match self.shard(key).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.remove(key).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| match s.lock() {
+                Ok(m) => m.len(),
+                Err(p) => p.into_inner().len(),
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Make room in a full shard: drop expired entries among a sample, else the least recently
+/// seen entry of the sample.
+fn evict(map: &mut HashMap<String, ClientState>, now: f64, ttl: f64) {
+    let mut victim: Option<(String, f64)> = None;
+    let mut expired = Vec::new();
+    for (k, s) in map.iter().take(EVICTION_SAMPLE) {
+        if now - s.last_seen > ttl {
+            expired.push(k.clone());
+        } else if victim.as_ref().is_none_or(|(_, t)| s.last_seen < *t) {
+            victim = Some((k.clone(), s.last_seen));
+        }
+    }
+    if expired.is_empty() {
+        if let Some((k, _)) = victim {
+            map.remove(&k);
+        }
+    } else {
+        for k in expired {
+            map.remove(&k);
+        }
+    }
+}
+
+fn cookie_value<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|c| {
+        let c = c.strip_prefix(b" ").unwrap_or(c);
+        let eq = c.iter().position(|&b| b == b'=')?;
+        (c[..eq] == *name.as_bytes()).then(|| &c[eq + 1..])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decayed_counts_follow_the_timestamps_not_the_clock() {
+        let mut d = Decayed::default();
+        for i in 0..10 {
+            d.add(100.0 + i as f64 * 0.1, TAU_SHORT, 1.0);
+        }
+        assert!(
+            (d.at(101.0, TAU_SHORT) - 9.6).abs() < 0.5,
+            "{}",
+            d.at(101.0, TAU_SHORT)
+        );
+        assert!(d.at(200.0, TAU_SHORT) < 0.01, "decays away");
+    }
+
+    #[test]
+    fn state_tracks_window_errors_and_gaps() {
+        let s = Sessions::new(SessionConfig {
+            window: 3,
+            ..SessionConfig::default()
+        });
+        for i in 0..5u32 {
+            s.with("1.2.3.4", i as f64, |c| {
+                c.observe_request(i as f64, TemplateId(i % 2 + 1), 3);
+                c.observe_response(i as f64, if i < 3 { 404 } else { 200 }, 100);
+            });
+        }
+        let c = s.get("1.2.3.4", 4.0).unwrap();
+        assert_eq!(c.recent, vec![TemplateId(1), TemplateId(2), TemplateId(1)]);
+        assert_eq!(c.unique_recent(), 2);
+        assert_eq!(c.requests, 5);
+        assert!((c.gap_mean - 0.67).abs() < 0.1, "{}", c.gap_mean);
+        let ratio = c.error_ratio(4.0);
+        assert!(ratio > 0.5 && ratio < 0.65, "{ratio}");
+        assert!(c.not_found.at(4.0, TAU_MEDIUM) > 2.5);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_idle_clients_expire() {
+        let s = Sessions::new(SessionConfig {
+            max_clients: 160,
+            idle_ttl: 60.0,
+            ..SessionConfig::default()
+        });
+        for i in 0..10_000 {
+            s.with(
+                &format!("10.0.{}.{}", i / 256, i % 256),
+                i as f64 * 0.001,
+                |c| c.observe_request(i as f64 * 0.001, TemplateId(1), 20),
+            );
+        }
+        assert!(s.len() <= 160, "{}", s.len());
+        s.with("a", 0.0, |c| c.observe_request(0.0, TemplateId(1), 20));
+        assert!(s.get("a", 30.0).is_some());
+        assert!(s.get("a", 100.0).is_none(), "expired after the idle TTL");
+        assert!(s.reset("a"));
+    }
+
+    #[test]
+    fn keys_by_ip_ua_cookie_or_header() {
+        let ip = Sessions::new(SessionConfig::default());
+        assert_eq!(ip.key("1.1.1.1", Some(b"ua"), None, None), "1.1.1.1");
+        let ua = Sessions::new(SessionConfig {
+            key: SessionKey::IpUserAgent,
+            ..SessionConfig::default()
+        });
+        assert_ne!(
+            ua.key("1.1.1.1", Some(b"a"), None, None),
+            ua.key("1.1.1.1", Some(b"b"), None, None)
+        );
+        let ck = Sessions::new(SessionConfig {
+            key: SessionKey::Cookie("sid".into()),
+            ..SessionConfig::default()
+        });
+        assert_eq!(
+            ck.key("1.1.1.1", None, Some(b"x=1; sid=abc"), None),
+            "c:abc"
+        );
+        assert_eq!(ck.key("1.1.1.1", None, Some(b"x=1"), None), "1.1.1.1");
+    }
+
+    #[test]
+    fn bytes_per_client() {
+        let mut c = ClientState::new(0.0);
+        for i in 0..20 {
+            c.observe_request(i as f64, TemplateId(i), 20);
+        }
+        // About 270 bytes of state per client with a window of 20, plus its key and the map
+        // entry: 100,000 clients fit in roughly 40 MB.
+        assert!(c.size_bytes() <= 280, "{}", c.size_bytes());
+    }
+}
