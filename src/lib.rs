@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod detectors;
 pub mod eval;
+pub mod features;
 pub mod forwarded;
 pub mod logsink;
 pub mod models;

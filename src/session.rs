@@ -105,7 +105,7 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    fn new(now: f64) -> ClientState {
+    pub fn new(now: f64) -> ClientState {
         ClientState {
             recent: Vec::new(),
             first_seen: now,

@@ -1,3 +1,5 @@
-//! Detectors score a request. `rules` matches attack signatures on the decoded request parts.
+//! Detectors score a request. `rules` matches attack signatures on the decoded request parts;
+//! `forest` is an isolation forest over the numeric features of the request and its client.
 
+pub mod forest;
 pub mod rules;

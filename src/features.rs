@@ -1,0 +1,165 @@
+//! Numeric features of a request for the isolation forest: what the request looks like and
+//! what its client did before it (pre-upstream stage), plus the response (post-response
+//! stage). The layout is fixed and documented below; changing it invalidates trained models,
+//! so `FEATURES_VERSION` is stored with them. Pure: the caller supplies the client's state and
+//! the request's own timestamp.
+
+use chrono::{DateTime, FixedOffset, Timelike};
+
+use crate::session::{ClientState, TAU_LONG, TAU_MEDIUM, TAU_SHORT};
+
+/// Bumped whenever the layout below changes.
+pub const FEATURES_VERSION: u32 = 1;
+
+/// Pre-upstream features (index: meaning):
+///  0 hour of day, sine      1 hour of day, cosine (the request's local time)
+///  2 ln(1 + target length)  3 ln(1 + query arguments)   4 path depth
+///  5 share of target bytes that are not alphanumeric or `/` `.` `-` `_`
+///  6 method (GET/HEAD 0, POST 1, PUT/PATCH/DELETE 2, other 3)
+///  7 template unknown (0/1)
+///  8 ln(1 + requests in ~10 s)   9 ln(1 + requests in ~60 s)  10 ln(1 + requests in ~10 min)
+///    (the client's, before this request)
+/// 11 error ratio of the client's last ~60 s
+/// 12 ln(1 + 401s)  13 ln(1 + 403s)  14 ln(1 + 404s)  (client, ~60 s)
+/// 15 distinct templates / window length (client's recent requests)
+/// 16 ln(1 + mean seconds between the client's requests)
+/// 17 ln(1 + seconds since the client's previous request)
+pub const PRE: usize = 18;
+
+/// Post-response features: the 18 above, then
+/// 18 status class (1xx..5xx as 1..5)   19 ln(1 + response bytes)
+/// 20 ln(1 + client's response bytes in ~60 s, this one included)
+/// 21 error ratio of the client's last ~60 s, this response included
+pub const POST: usize = 22;
+
+pub type PreVector = [f64; PRE];
+pub type PostVector = [f64; POST];
+
+/// What the features need to know about the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub time: DateTime<FixedOffset>,
+    pub method: &'a str,
+    pub target: &'a [u8],
+    pub unknown_template: bool,
+}
+
+fn ln1p(x: f64) -> f64 {
+    x.max(0.0).ln_1p()
+}
+
+/// Features before the upstream answers. `client` is the state *before* this request.
+pub fn pre(r: &RequestFacts<'_>, client: Option<&ClientState>, window: usize) -> PreVector {
+    let now = r.time.timestamp() as f64 + r.time.timestamp_subsec_millis() as f64 / 1000.0;
+    let hour = r.time.hour() as f64 + r.time.minute() as f64 / 60.0;
+    let angle = hour / 24.0 * std::f64::consts::TAU;
+    let (path, query) = match r.target.iter().position(|&b| b == b'?') {
+        Some(q) => (&r.target[..q], &r.target[q + 1..]),
+        None => (r.target, &b""[..]),
+    };
+    let args = query
+        .split(|&b| b == b'&')
+        .filter(|a| !a.is_empty())
+        .count();
+    let depth = path.split(|&b| b == b'/').filter(|s| !s.is_empty()).count();
+    let special = r
+        .target
+        .iter()
+        .filter(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_')))
+        .count();
+    let method = match r.method {
+        "GET" | "HEAD" => 0.0,
+        "POST" => 1.0,
+        "PUT" | "PATCH" | "DELETE" => 2.0,
+        _ => 3.0,
+    };
+    let mut v = [0.0; PRE];
+    v[0] = angle.sin();
+    v[1] = angle.cos();
+    v[2] = ln1p(r.target.len() as f64);
+    v[3] = ln1p(args as f64);
+    v[4] = depth as f64;
+    v[5] = special as f64 / r.target.len().max(1) as f64;
+    v[6] = method;
+    v[7] = if r.unknown_template { 1.0 } else { 0.0 };
+    if let Some(c) = client {
+        v[8] = ln1p(c.rate_short.at(now, TAU_SHORT) as f64);
+        v[9] = ln1p(c.rate_medium.at(now, TAU_MEDIUM) as f64);
+        v[10] = ln1p(c.rate_long.at(now, TAU_LONG) as f64);
+        v[11] = c.error_ratio(now) as f64;
+        v[12] = ln1p(c.unauthorized.at(now, TAU_MEDIUM) as f64);
+        v[13] = ln1p(c.forbidden.at(now, TAU_MEDIUM) as f64);
+        v[14] = ln1p(c.not_found.at(now, TAU_MEDIUM) as f64);
+        v[15] = c.unique_recent() as f64 / window.max(1) as f64;
+        v[16] = ln1p(c.gap_mean as f64);
+        v[17] = ln1p(now - c.last_seen);
+    } else {
+        // A client never seen before: no history, and "a long time" since its last request.
+        v[17] = ln1p(86_400.0);
+    }
+    v
+}
+
+/// Features after the response. `client` is the state *after* this request and response.
+pub fn post(
+    pre: &PreVector,
+    status: u16,
+    bytes: u64,
+    client: &ClientState,
+    now: f64,
+) -> PostVector {
+    let mut v = [0.0; POST];
+    v[..PRE].copy_from_slice(pre);
+    v[18] = (status / 100) as f64;
+    v[19] = ln1p(bytes as f64);
+    v[20] = ln1p(client.bytes.at(now, TAU_MEDIUM) as f64);
+    v[21] = client.error_ratio(now) as f64;
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::TemplateId;
+
+    fn facts(target: &'static str, hour: u32) -> RequestFacts<'static> {
+        let t = DateTime::parse_from_rfc3339(&format!("2024-05-01T{hour:02}:00:00+02:00")).unwrap();
+        RequestFacts {
+            time: t,
+            method: "GET",
+            target: target.as_bytes(),
+            unknown_template: false,
+        }
+    }
+
+    #[test]
+    fn request_shape_and_real_hour() {
+        let v = pre(&facts("/a/b/c?x=1&y=%27", 6), None, 20);
+        assert!(
+            (v[0] - 1.0).abs() < 1e-9,
+            "06:00 local is a quarter of the day: {}",
+            v[0]
+        );
+        assert_eq!(v[3], (2.0f64).ln_1p());
+        assert_eq!(v[4], 3.0);
+        assert!(v[5] > 0.2);
+        assert_eq!(v[8], 0.0);
+    }
+
+    #[test]
+    fn client_history_shows_in_rates_and_status_counts() {
+        let mut c = ClientState::new(1_714_536_000.0);
+        for i in 0..30 {
+            let now = 1_714_536_000.0 + i as f64 * 0.2;
+            c.observe_request(now, TemplateId(3), 20);
+            c.observe_response(now, 404, 10);
+        }
+        let v = pre(&facts("/x", 6), Some(&c), 20);
+        assert!(v[8] > 2.5, "a burst of 30 requests in 6 s: {}", v[8]);
+        assert!(v[11] > 0.9, "all errors: {}", v[11]);
+        assert!(v[14] > 3.0);
+        assert!((v[15] - 0.05).abs() < 1e-9, "one template of twenty");
+        let p = post(&v, 404, 10, &c, 1_714_536_006.0);
+        assert_eq!(p[18], 4.0);
+    }
+}
