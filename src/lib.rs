@@ -8,6 +8,7 @@ pub mod detectors;
 pub mod eval;
 pub mod features;
 pub mod forwarded;
+pub mod learn;
 pub mod logsink;
 pub mod models;
 pub mod normalize;

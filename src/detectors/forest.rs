@@ -28,7 +28,7 @@ pub struct TrainOptions {
     pub sample_size: usize,
     /// Largest share of the training set one client may contribute.
     pub max_client_share: f64,
-    /// Share of the (chronologically last) vectors held out for calibration.
+    /// Share of the vectors held out (interleaved) for calibration.
     pub holdout: f64,
     /// Share of normal held-out vectors allowed above the threshold.
     pub target_fpr: f64,
@@ -101,9 +101,16 @@ impl<const N: usize> ForestModel<N> {
                 need,
             });
         }
-        let split = ((data.len() as f64) * (1.0 - opts.holdout)).round() as usize;
-        let (train, hold) = data.split_at(split.clamp(1, data.len() - 1));
-        let capped = cap_clients(train, opts.max_client_share);
+        // Every k-th vector is held out: interleaved rather than the last stretch, so that the
+        // calibration set covers the same hours and client mix as the training set.
+        let every = ((1.0 / opts.holdout.clamp(0.01, 0.5)).round() as usize).max(2);
+        let (hold, train): (Vec<_>, Vec<_>) = data
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| i % every == every - 1);
+        let train: Vec<(u64, [f64; N])> = train.into_iter().map(|(_, v)| *v).collect();
+        let hold: Vec<(u64, [f64; N])> = hold.into_iter().map(|(_, v)| *v).collect();
+        let capped = cap_clients(&train, opts.max_client_share);
         let options = ForestOptions {
             n_trees: opts.trees,
             sample_size: opts.sample_size.min(capped.len()),
