@@ -43,6 +43,33 @@ pub enum Command {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
     },
+    /// Train the learned detectors (templates, pre-upstream and post-response isolation
+    /// forests) from existing combined-format access logs, on the requests the rules pass.
+    Train {
+        /// Access log (nginx/Apache combined or common format); repeatable.
+        #[arg(long, required = true)]
+        log: Vec<PathBuf>,
+        /// Directory to write the model files into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Configuration whose rule packs and threshold decide what is excluded from training.
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// Target false-positive rate the forests are calibrated to.
+        #[arg(long, default_value_t = 0.005)]
+        target_fpr: f64,
+    },
+    /// Score an existing combined-format log offline (post-response stage, the log's own
+    /// timestamps as the clock) and write one JSON object per input line, in input order.
+    Score {
+        /// Directory written by `vigil train`.
+        #[arg(long, default_value = "models")]
+        models: PathBuf,
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// Log file, or - for standard input.
+        file: PathBuf,
+    },
     /// Mine request templates (routes) from combined-format access logs and print the
     /// vocabulary: what the sequence detectors will see as this site's routes.
     Templates {
@@ -110,6 +137,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             max_templates,
             show,
         } => templates(&log, max_templates, show),
+        Command::Train {
+            log,
+            out,
+            config,
+            target_fpr,
+        } => train(&log, &out, &config, target_fpr),
+        Command::Score {
+            models,
+            config,
+            file,
+        } => score(&models, &config, &file),
         Command::Eval {
             config,
             payloads,
@@ -180,22 +218,151 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn templates(logs: &[PathBuf], max_templates: usize, show: usize) -> anyhow::Result<i32> {
-    use crate::template::{Miner, MinerConfig, TemplateId};
+fn read_records(logs: &[PathBuf]) -> anyhow::Result<Vec<crate::record::Record>> {
     let mut records = Vec::new();
     for p in logs {
         let text =
             std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        let mut bad = 0usize;
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             match crate::record::Record::parse_line(line, i + 1) {
                 Ok(r) => records.push(r),
-                Err(e) => eprintln!("{}: {e}", p.display()),
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("{}: {e}", p.display());
+                }
             }
         }
+        if bad > 0 {
+            eprintln!(
+                "{}: {bad} line(s) could not be parsed and were not used",
+                p.display()
+            );
+        }
     }
+    Ok(records)
+}
+
+fn train(
+    logs: &[PathBuf],
+    out: &std::path::Path,
+    config: &std::path::Path,
+    target_fpr: f64,
+) -> anyhow::Result<i32> {
+    use std::io::Write as _;
+    let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rules = RuleSet::load(&cfg.rules.paths)
+        .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?;
+    let t0 = std::time::Instant::now();
+    let records = read_records(logs)?;
+    let mut tc = crate::learn::TrainConfig {
+        rule_threshold: cfg.policy.threshold,
+        ..Default::default()
+    };
+    tc.forest.target_fpr = target_fpr;
+    let mut last = String::new();
+    let learned = crate::learn::train(
+        &records,
+        &rules,
+        &cfg.inspection,
+        &tc,
+        |stage, done, total| {
+            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let line = format!("{stage:<10} {pct:>3}% ({done}/{total})");
+            if line != last {
+                eprint!("\r{line}   ");
+                let _ = std::io::stderr().flush();
+                last = line;
+            }
+        },
+    )?;
+    eprintln!();
+    let manifest = crate::models::learned::save(&learned, out)?;
+    let s = &manifest.training;
+    println!(
+        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; forest thresholds pre {:.4} / post {:.4}; {:.1} s; written to {}",
+        s.records - s.excluded_by_rules,
+        s.records,
+        s.excluded_by_rules,
+        s.clients,
+        s.templates,
+        s.unknown_share * 100.0,
+        learned.pre.threshold(),
+        learned.post.threshold(),
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(0)
+}
+
+fn score(
+    models: &std::path::Path,
+    config: &std::path::Path,
+    file: &std::path::Path,
+) -> anyhow::Result<i32> {
+    use std::io::Write as _;
+    let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rules = RuleSet::load(&cfg.rules.paths)
+        .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?;
+    let (learned, _manifest) = crate::models::learned::load(models)?;
+    let scorer = crate::learn::Scorer::new(
+        &learned,
+        &rules,
+        &cfg.inspection,
+        cfg.policy.threshold,
+        Default::default(),
+    );
+    let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+        ))
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut input = input;
+    let mut line = Vec::new();
+    for i in 0.. {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches('\n');
+        let text = text.trim_end_matches('\r');
+        let v = match crate::record::Record::parse_line(text, i + 1) {
+            Err(e) => serde_json::json!({ "line": i + 1, "error": e.reason }),
+            Ok(r) => {
+                let s = scorer.score(&r);
+                serde_json::json!({
+                    "line": i + 1,
+                    "client": r.client,
+                    "time": r.time.to_rfc3339(),
+                    "request": crate::record::escape_nginx(&r.request_line),
+                    "status": r.status,
+                    "bytes": r.bytes,
+                    "template": s.template,
+                    "rules": { "score": s.rule_score, "threshold": cfg.policy.threshold, "vote": s.rule_score >= cfg.policy.threshold, "matches": s.rules },
+                    "forest_pre": s.forest_pre,
+                    "forest_post": s.forest_post,
+                    "verdict": { "anomaly": s.anomaly, "action": if s.anomaly { "flag" } else { "pass" } },
+                    "reasons": s.reasons,
+                })
+            }
+        };
+        writeln!(out, "{v}")?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn templates(logs: &[PathBuf], max_templates: usize, show: usize) -> anyhow::Result<i32> {
+    use crate::template::{Miner, MinerConfig, TemplateId};
+    let records = read_records(logs)?;
     let mut miner = Miner::new(MinerConfig {
         max_templates,
         ..MinerConfig::default()

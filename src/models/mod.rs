@@ -3,6 +3,8 @@
 //! `ArcSwap` so that a reload swaps all of it at once. A request pins one set for its whole
 //! life; a set that fails to build or to pass its self-check never replaces the serving one.
 
+pub mod learned;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

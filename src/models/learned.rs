@@ -1,0 +1,195 @@
+//! On-disk form of the learned detectors: `vocabulary.json`, `forest_pre.json`,
+//! `forest_post.json` and `manifest.json` (format and features versions, creation time,
+//! training summary, sha256 of every file). Loading checks every hash and names the file that
+//! is missing, truncated, corrupt or from another features version.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::features::FEATURES_VERSION;
+use crate::learn::{Learned, TrainingSummary};
+
+pub const FORMAT_VERSION: u32 = 1;
+const FILES: [&str; 3] = ["vocabulary.json", "forest_pre.json", "forest_post.json"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LearnedError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{path}: sha256 {actual} does not match the manifest ({expected}): the file is corrupt or from another model set")]
+    Hash {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: made for features version {found}, this vigil uses {expected}; retrain with `vigil train`")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub features_version: u32,
+    pub created: String,
+    pub training: TrainingSummary,
+    /// File name -> sha256 (hex).
+    pub files: BTreeMap<String, String>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> LearnedError {
+    LearnedError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Write the learned detectors into `dir` (created if needed). The manifest is written last,
+/// so a crash mid-way leaves a set that refuses to load rather than a mixed one.
+pub fn save(learned: &Learned, dir: &Path) -> Result<Manifest, LearnedError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let bodies = [
+        serde_json::to_vec(&learned.vocabulary),
+        serde_json::to_vec(&learned.pre),
+        serde_json::to_vec(&learned.post),
+    ];
+    let mut files = BTreeMap::new();
+    for (name, body) in FILES.iter().zip(bodies) {
+        let path = dir.join(name);
+        let body = body.map_err(|e| file_err(&path, e))?;
+        std::fs::write(&path, &body).map_err(|e| file_err(&path, e))?;
+        files.insert(name.to_string(), sha256_hex(&body));
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        features_version: FEATURES_VERSION,
+        created: chrono::Utc::now().to_rfc3339(),
+        training: learned.summary.clone(),
+        files,
+    };
+    let path = dir.join("manifest.json");
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| file_err(&path, e))?;
+    std::fs::write(&path, body).map_err(|e| file_err(&path, e))?;
+    Ok(manifest)
+}
+
+/// Load and verify the learned detectors in `dir`.
+pub fn load(dir: &Path) -> Result<(Learned, Manifest), LearnedError> {
+    let mpath = dir.join("manifest.json");
+    let mbytes = std::fs::read(&mpath).map_err(|e| file_err(&mpath, e))?;
+    let manifest: Manifest = serde_json::from_slice(&mbytes)
+        .map_err(|e| file_err(&mpath, format!("not a model manifest: {e}")))?;
+    if manifest.features_version != FEATURES_VERSION {
+        return Err(LearnedError::Version {
+            path: mpath,
+            found: manifest.features_version,
+            expected: FEATURES_VERSION,
+        });
+    }
+    let read = |name: &str| -> Result<Vec<u8>, LearnedError> {
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| file_err(&path, e))?;
+        let expected = manifest
+            .files
+            .get(name)
+            .ok_or_else(|| file_err(&mpath, format!("lists no hash for {name}")))?;
+        let actual = sha256_hex(&bytes);
+        if &actual != expected {
+            return Err(LearnedError::Hash {
+                path,
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    };
+    let parse_err = |name: &str, e: serde_json::Error| {
+        file_err(&dir.join(name), format!("cannot be read: {e}"))
+    };
+    let mut vocabulary: crate::template::Vocabulary =
+        serde_json::from_slice(&read(FILES[0])?).map_err(|e| parse_err(FILES[0], e))?;
+    vocabulary.index();
+    let pre = serde_json::from_slice(&read(FILES[1])?).map_err(|e| parse_err(FILES[1], e))?;
+    let post = serde_json::from_slice(&read(FILES[2])?).map_err(|e| parse_err(FILES[2], e))?;
+    Ok((
+        Learned {
+            vocabulary,
+            pre,
+            post,
+            summary: manifest.training.clone(),
+        },
+        manifest,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Inspection, OverLimit};
+    use crate::detectors::rules::RuleSet;
+    use crate::record::Record;
+
+    fn learned() -> Learned {
+        let rules =
+            RuleSet::load(&[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))]).unwrap();
+        let limits = Inspection {
+            body_limit: 65536,
+            over_limit: OverLimit::InspectPrefix,
+            max_request_line: 8192,
+            max_header_value: 8192,
+            max_args: 255,
+        };
+        let recs: Vec<Record> = (0..600u32)
+            .map(|i| {
+                let l = format!(
+                    "10.0.0.{} - - [01/Mar/2024:{:02}:{:02}:{:02} +0000] \"GET /page/{} HTTP/1.1\" 200 100 \"-\" \"ua\"",
+                    i % 9,
+                    i * 60 / 3600,
+                    i * 60 / 60 % 60,
+                    i % 60,
+                    i % 5
+                );
+                Record::parse_line(&l, 1).unwrap()
+            })
+            .collect();
+        crate::learn::train(&recs, &rules, &limits, &Default::default(), |_, _, _| {}).unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_refuses_tampering_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = learned();
+        save(&l, dir.path()).unwrap();
+        let (back, manifest) = load(dir.path()).unwrap();
+        assert_eq!(manifest.features_version, FEATURES_VERSION);
+        let v = [0.5; crate::features::POST];
+        assert_eq!(back.post.score(&v), l.post.score(&v));
+        assert_eq!(back.vocabulary, l.vocabulary);
+
+        // Truncate one file: refused, with its path.
+        let f = dir.path().join("forest_pre.json");
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("forest_pre.json") && err.contains("sha256"),
+            "{err}"
+        );
+
+        // A missing manifest is named too.
+        std::fs::remove_file(dir.path().join("manifest.json")).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("manifest.json"), "{err}");
+    }
+}
