@@ -270,7 +270,7 @@ fn train(
         &cfg.inspection,
         &tc,
         |stage, done, total| {
-            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             let line = format!("{stage:<10} {pct:>3}% ({done}/{total})");
             if line != last {
                 eprint!("\r{line}   ");
