@@ -110,7 +110,10 @@ impl<const N: usize> ForestModel<N> {
             .partition(|(i, _)| i % every == every - 1);
         let train: Vec<(u64, [f64; N])> = train.into_iter().map(|(_, v)| *v).collect();
         let hold: Vec<(u64, [f64; N])> = hold.into_iter().map(|(_, v)| *v).collect();
-        let capped = cap_clients(&train, opts.max_client_share);
+        let capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share)
+            .iter()
+            .map(quantize)
+            .collect();
         let options = ForestOptions {
             n_trees: opts.trees,
             sample_size: opts.sample_size.min(capped.len()),
@@ -119,7 +122,10 @@ impl<const N: usize> ForestModel<N> {
         };
         let forest = Forest::from_slice(&capped, &options)
             .map_err(|e| ForestError::Forest(e.to_string()))?;
-        let mut scores: Vec<f64> = hold.iter().map(|(_, v)| forest.score(v)).collect();
+        let mut scores: Vec<f64> = hold
+            .iter()
+            .map(|(_, v)| forest.score(&quantize(v)))
+            .collect();
         scores.sort_by(f64::total_cmp);
         let k = ((scores.len() as f64) * (1.0 - opts.target_fpr)).ceil() as usize;
         let threshold = scores[k.min(scores.len() - 1)];
@@ -133,7 +139,7 @@ impl<const N: usize> ForestModel<N> {
     }
 
     pub fn score(&self, v: &[f64; N]) -> Score {
-        let raw = self.forest.score(v);
+        let raw = self.forest.score(&quantize(v));
         Score {
             raw,
             score: calibrate(raw, self.threshold),
@@ -145,6 +151,23 @@ impl<const N: usize> ForestModel<N> {
     pub fn threshold(&self) -> f64 {
         self.threshold
     }
+}
+
+/// Steps per unit on the grid features are snapped to before the forest sees them.
+const GRID: f64 = 256.0;
+
+/// Snap every feature to a grid of `1/GRID`. The forest draws split points with
+/// `rand::Uniform::new(min, max)`, which (rand 0.8) loops about `max / (max - min)` times to
+/// fit its scale: two distinct but nearly equal feature values (decayed rates that differ in
+/// the 9th digit) made training take minutes. On the grid any two distinct values are at least
+/// `1/GRID` apart, and the features are small (log-scaled, ratios, angles), so a split costs a
+/// few thousand steps at most. The grid is far finer than any difference that matters here.
+fn quantize<const N: usize>(v: &[f64; N]) -> [f64; N] {
+    let mut q = [0.0; N];
+    for (q, x) in q.iter_mut().zip(v) {
+        *q = (x * GRID).round() / GRID;
+    }
+    q
 }
 
 /// Piecewise-linear map of a raw score in [0, 1] so that the threshold lands on 0.5.
