@@ -62,9 +62,9 @@ pub enum Command {
     /// Score an existing combined-format log offline (post-response stage, the log's own
     /// timestamps as the clock) and write one JSON object per input line, in input order.
     Score {
-        /// Directory written by `vigil train`.
-        #[arg(long, default_value = "models")]
-        models: PathBuf,
+        /// Directory written by `vigil train` (default: the config's models.dir).
+        #[arg(long)]
+        models: Option<PathBuf>,
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
         /// Log file, or - for standard input.
@@ -147,7 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             models,
             config,
             file,
-        } => score(&models, &config, &file),
+        } => score(models.as_deref(), &config, &file),
         Command::Eval {
             config,
             payloads,
@@ -299,22 +299,29 @@ fn train(
 }
 
 fn score(
-    models: &std::path::Path,
+    models: Option<&std::path::Path>,
     config: &std::path::Path,
     file: &std::path::Path,
 ) -> anyhow::Result<i32> {
     use std::io::Write as _;
-    let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let rules = RuleSet::load(&cfg.rules.paths)
-        .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?;
-    let (learned, _manifest) = crate::models::learned::load(models)?;
-    let scorer = crate::learn::Scorer::new(
-        &learned,
-        &rules,
-        &cfg.inspection,
-        cfg.policy.threshold,
-        Default::default(),
-    );
+    let mut cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(m) = models {
+        cfg.models.dir = Some(m.to_path_buf());
+    }
+    let set =
+        ModelSet::build(&cfg, 1).map_err(|e| anyhow::anyhow!("{}", e.problems().join("\n")))?;
+    if set.learned.is_none() {
+        let dir = cfg
+            .models
+            .dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new("(models.dir is off)"));
+        bail!(
+            "{}: no model set here (no manifest.json); train one with `vigil train --log FILE --out DIR`",
+            dir.display()
+        );
+    }
+    let sessions = crate::session::Sessions::new(cfg.sessions.clone());
     let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -332,32 +339,70 @@ fn score(
             break;
         }
         let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches('\n');
-        let text = text.trim_end_matches('\r');
-        let v = match crate::record::Record::parse_line(text, i + 1) {
+        let v = match crate::record::Record::parse_line(&text, i + 1) {
             Err(e) => serde_json::json!({ "line": i + 1, "error": e.reason }),
             Ok(r) => {
-                let s = scorer.score(&r);
-                serde_json::json!({
-                    "line": i + 1,
-                    "client": r.client,
-                    "time": r.time.to_rfc3339(),
-                    "request": crate::record::escape_nginx(&r.request_line),
-                    "status": r.status,
-                    "bytes": r.bytes,
-                    "template": s.template,
-                    "rules": { "score": s.rule_score, "threshold": cfg.policy.threshold, "vote": s.rule_score >= cfg.policy.threshold, "matches": s.rules },
-                    "forest_pre": s.forest_pre,
-                    "forest_post": s.forest_post,
-                    "verdict": { "anomaly": s.anomaly, "action": if s.anomaly { "flag" } else { "pass" } },
-                    "reasons": s.reasons,
-                })
+                let (pre, post) = crate::pipeline::score_record(&set, &sessions, &r);
+                scored_json(i + 1, &r, &set, &pre, &post)
             }
         };
         writeln!(out, "{v}")?;
     }
     out.flush()?;
     Ok(0)
+}
+
+/// One `vigil score` output object.
+pub fn scored_json(
+    line: usize,
+    r: &crate::record::Record,
+    set: &ModelSet,
+    pre: &crate::pipeline::Pre,
+    post: &crate::pipeline::Post,
+) -> serde_json::Value {
+    use crate::record::escape_nginx;
+    let opt = |v: &Option<Vec<u8>>| v.as_deref().map(escape_nginx);
+    let template = set
+        .learned
+        .as_deref()
+        .map(|l| escape_nginx(l.vocabulary.text(pre.template).as_bytes()));
+    let mut reasons = pre.verdict.reasons.clone();
+    for r in &post.verdict.reasons {
+        if !reasons.contains(r) {
+            reasons.push(r.clone());
+        }
+    }
+    if pre.escalated {
+        reasons.push("the client was escalated by earlier anomalous requests".into());
+    }
+    serde_json::json!({
+        "line": line,
+        "client": escape_nginx(r.client.as_bytes()),
+        "remote_user": opt(&r.remote_user),
+        "time": r.time.to_rfc3339(),
+        "request": escape_nginx(&r.request_line),
+        "status": r.status,
+        "bytes": r.bytes,
+        "referer": opt(&r.referer),
+        "user_agent": opt(&r.user_agent),
+        "template": template,
+        "rules": {
+            "score": pre.decision.score,
+            "threshold": pre.decision.threshold,
+            "vote": pre.decision.attack,
+            "matches": pre.decision.matches,
+        },
+        "pre": pre.verdict,
+        "post": post.verdict,
+        "verdict": {
+            "anomaly": pre.verdict.anomaly || post.verdict.anomaly || pre.escalated,
+            "score": pre.verdict.score.max(post.verdict.score),
+            "action": pre.decision.action.as_str(),
+            "escalated": pre.escalated,
+            "escalated_now": post.escalated_now,
+        },
+        "reasons": reasons,
+    })
 }
 
 fn templates(logs: &[PathBuf], max_templates: usize, show: usize) -> anyhow::Result<i32> {

@@ -7,13 +7,13 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Inspection;
-use crate::detectors::forest::{ForestError, ForestModel, Score, TrainOptions};
-use crate::detectors::rules::{RuleMatch, RuleSet};
+use crate::detectors::forest::{ForestError, ForestModel, TrainOptions};
+use crate::detectors::rules::RuleSet;
 use crate::eval::request_from_record;
-use crate::features::{self, PostVector, PreVector, RequestFacts, FEATURES_VERSION, POST, PRE};
+use crate::features::{PostVector, PreVector, RequestFacts, FEATURES_VERSION};
+pub use crate::models::learned::{Learned, TrainingSummary};
+use crate::pipeline;
 use crate::record::Record;
 use crate::session::{SessionConfig, Sessions};
 use crate::template::{Miner, MinerConfig, TemplateId, Vocabulary};
@@ -49,28 +49,6 @@ impl Default for TrainConfig {
     }
 }
 
-/// What the models were trained on, for the manifest.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainingSummary {
-    pub records: usize,
-    pub excluded_by_rules: usize,
-    pub clients: usize,
-    pub templates: usize,
-    pub unknown_share: f64,
-    pub first_time: String,
-    pub last_time: String,
-    pub features_version: u32,
-}
-
-/// The learned detectors.
-#[derive(Debug)]
-pub struct Learned {
-    pub vocabulary: Vocabulary,
-    pub pre: ForestModel<PRE>,
-    pub post: ForestModel<POST>,
-    pub summary: TrainingSummary,
-}
-
 fn client_hash(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
@@ -82,8 +60,9 @@ pub fn record_time(r: &Record) -> f64 {
     r.time.timestamp() as f64 + r.time.timestamp_subsec_millis() as f64 / 1000.0
 }
 
-/// One request through templates, session and features; returns the vectors and the
-/// template, and updates the client's state (request, then response).
+/// One request through templates, session and features, exactly as the proxy does it
+/// (`pipeline::arrive` and `pipeline::respond`); returns the session key, the template and the
+/// vectors.
 fn step(
     vocab: &Vocabulary,
     sessions: &Sessions,
@@ -94,19 +73,16 @@ fn step(
     let now = record_time(r);
     let key = sessions.key(&r.client, r.user_agent.as_deref(), None, None);
     let window = sessions.config().window;
+    let facts = RequestFacts {
+        time: r.time,
+        method: &method,
+        target: target.as_bytes(),
+        unknown_template: template == TemplateId::UNKNOWN,
+    };
     sessions.with(&key, now, |c| {
-        let facts = RequestFacts {
-            time: r.time,
-            method: &method,
-            target: target.as_bytes(),
-            unknown_template: template == TemplateId::UNKNOWN,
-        };
-        let known = c.requests > 0;
-        let pre = features::pre(&facts, known.then_some(&*c), window);
-        c.observe_request(now, template, window);
-        c.observe_response(now, r.status, r.bytes);
-        let post = features::post(&pre, r.status, r.bytes, c, now);
-        (key.clone(), template, pre, post)
+        let a = pipeline::arrive(c, &facts, template, 0, now, window);
+        let post = pipeline::respond(c, &a.features, r.status, r.bytes, now);
+        (key.clone(), template, a.features, post)
     })
 }
 
@@ -187,103 +163,19 @@ pub fn train(
             .unwrap_or_default(),
         features_version: FEATURES_VERSION,
     };
-    Ok(Learned {
-        vocabulary,
-        pre: pre_model,
-        post: post_model,
-        summary,
-    })
-}
-
-/// The offline verdict on one log line.
-#[derive(Debug, Clone, Serialize)]
-pub struct Scored {
-    pub template: String,
-    pub rule_score: u32,
-    pub rules: Vec<RuleMatch>,
-    pub forest_pre: Score,
-    pub forest_post: Score,
-    pub anomaly: bool,
-    pub reasons: Vec<String>,
-}
-
-/// Scores records one by one, in the order given, with the records' own timestamps as the
-/// clock; keeps the client sessions between calls.
-pub struct Scorer<'a> {
-    learned: &'a Learned,
-    rules: &'a RuleSet,
-    limits: &'a Inspection,
-    rule_threshold: u32,
-    sessions: Sessions,
-}
-
-impl<'a> Scorer<'a> {
-    pub fn new(
-        learned: &'a Learned,
-        rules: &'a RuleSet,
-        limits: &'a Inspection,
-        rule_threshold: u32,
-        session: SessionConfig,
-    ) -> Self {
-        Scorer {
-            learned,
-            rules,
-            limits,
-            rule_threshold,
-            sessions: Sessions::new(session),
-        }
-    }
-
-    pub fn score(&self, r: &Record) -> Scored {
-        let report = self.rules.inspect(&request_from_record(r), self.limits);
-        let rule_score = report.score();
-        let (_, template, pre, post) = step(&self.learned.vocabulary, &self.sessions, r);
-        let forest_pre = self.learned.pre.score(&pre);
-        let forest_post = self.learned.post.score(&post);
-        let mut reasons = Vec::new();
-        if rule_score >= self.rule_threshold {
-            let ids: Vec<&str> = report.matches.iter().map(|m| m.id.as_str()).collect();
-            reasons.push(format!(
-                "rules score {rule_score} >= {} ({})",
-                self.rule_threshold,
-                ids.join(", ")
-            ));
-        }
-        if forest_post.vote {
-            reasons.push(format!(
-                "post-response forest {:.3} > threshold {:.3}",
-                forest_post.raw, forest_post.threshold
-            ));
-        }
-        Scored {
-            template: self.learned.vocabulary.text(template).to_string(),
-            rule_score,
-            rules: report.matches,
-            forest_pre,
-            forest_post,
-            anomaly: !reasons.is_empty(),
-            reasons,
-        }
-    }
+    Ok(Learned::new(vocabulary, pre_model, post_model, summary))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::config::Config;
+    use crate::models::ModelSet;
+    use std::path::Path;
+    use std::sync::Arc;
 
-    fn rules() -> RuleSet {
-        RuleSet::load(&[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))]).unwrap()
-    }
-
-    fn limits() -> Inspection {
-        Inspection {
-            body_limit: 65536,
-            over_limit: crate::config::OverLimit::InspectPrefix,
-            max_request_line: 8192,
-            max_header_value: 8192,
-            max_args: 255,
-        }
+    fn config() -> Config {
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml")).unwrap()
     }
 
     fn line(ip: &str, secs: u32, req: &str, status: u16) -> Record {
@@ -318,10 +210,12 @@ mod tests {
             "GET /search?q=%27%20union%20select%20password%20from%20users--",
             200,
         ));
+        let cfg = config();
+        let rules = RuleSet::load(&cfg.rules.paths).unwrap();
         let learned = train(
             &recs,
-            &rules(),
-            &limits(),
+            &rules,
+            &cfg.inspection,
             &TrainConfig::default(),
             |_, _, _| {},
         )
@@ -332,37 +226,38 @@ mod tests {
             "{:?}",
             learned.summary
         );
-        let lim = limits();
-        let rs = rules();
-        let scorer = Scorer::new(&learned, &rs, &lim, 5, SessionConfig::default());
+        let set = ModelSet::assemble(&cfg, 1, rules, Some(Arc::new(learned)), None).unwrap();
+        let sessions = Sessions::new(cfg.sessions.clone());
+        let flagged = |r: &Record| {
+            let (pre, post) = pipeline::score_record(&set, &sessions, r);
+            pre.verdict.anomaly || post.verdict.anomaly || pre.escalated
+        };
         // Replay the day first, as `vigil score` does with a log: sessions are then warm.
-        let replay_flags = recs.iter().filter(|r| scorer.score(r).anomaly).count();
+        let replay_flags = recs.iter().filter(|r| flagged(r)).count();
         assert!(
-            replay_flags < recs.len() / 20,
+            replay_flags < recs.len() / 100,
             "{replay_flags} of {} flagged",
             recs.len()
         );
         // A scanner: 60 different missing pages in 12 seconds.
-        let mut flagged = 0;
-        for i in 0..60u32 {
-            let s = scorer.score(&line(
-                "10.66.0.1",
-                87_000 + i / 5,
-                &format!("GET /admin{i}/config.php.bak"),
-                404,
-            ));
-            flagged += s.anomaly as usize;
-        }
-        assert!(
-            flagged >= 40,
-            "the scan is recognised after a few requests: {flagged}/60"
-        );
-        // Known clients carrying on as before are not.
-        let normal_flags = (3000..3100u32)
-            .filter(|&i| scorer.score(&day(i)).anomaly)
+        let scan = (0..60u32)
+            .filter(|&i| {
+                flagged(&line(
+                    "10.66.0.1",
+                    87_000 + i / 5,
+                    &format!("GET /admin{i}/config.php.bak"),
+                    404,
+                ))
+            })
             .count();
         assert!(
-            normal_flags <= 5,
+            scan >= 50,
+            "the scan is recognised after a few requests: {scan}/60"
+        );
+        // Known clients carrying on as before are not.
+        let normal_flags = (3000..3100u32).filter(|&i| flagged(&day(i))).count();
+        assert!(
+            normal_flags <= 2,
             "{normal_flags}/100 ordinary requests flagged"
         );
     }

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod detectors;
+pub mod ensemble;
 pub mod eval;
 pub mod features;
 pub mod forwarded;
@@ -12,6 +13,7 @@ pub mod learn;
 pub mod logsink;
 pub mod models;
 pub mod normalize;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod record;

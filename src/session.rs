@@ -102,6 +102,14 @@ pub struct ClientState {
     /// Exponentially weighted mean and variance of seconds between requests.
     pub gap_mean: f32,
     pub gap_var: f32,
+    /// Anomalous requests in a row, each within the escalation duration of the previous one.
+    pub strikes: u32,
+    pub last_anomaly: f64,
+    /// Until when (seconds, request clock) the client's requests get the escalated action.
+    pub escalated_until: f64,
+    /// The vocabulary `recent` holds ids of: after a model swap to another vocabulary the old
+    /// ids mean other routes, so the window restarts (the counters stay valid).
+    pub vocabulary: u64,
 }
 
 impl ClientState {
@@ -121,7 +129,40 @@ impl ClientState {
             bytes: Decayed::default(),
             gap_mean: 0.0,
             gap_var: 0.0,
+            strikes: 0,
+            last_anomaly: f64::NEG_INFINITY,
+            escalated_until: f64::NEG_INFINITY,
+            vocabulary: 0,
         }
+    }
+
+    /// Make `recent` refer to `vocabulary`'s ids, dropping ids of another one.
+    pub fn use_vocabulary(&mut self, vocabulary: u64) {
+        if self.vocabulary != vocabulary {
+            self.recent.clear();
+            self.vocabulary = vocabulary;
+        }
+    }
+
+    /// Count an anomalous request. Once `after` of them came each within `duration` seconds
+    /// of the previous one, the client is escalated until `duration` after its latest
+    /// anomaly: the escalation lasts while the behaviour goes on and fades when it stops.
+    /// Returns whether this call started a new escalation.
+    pub fn note_anomaly(&mut self, now: f64, after: u32, duration: f64) -> bool {
+        if now - self.last_anomaly > duration {
+            self.strikes = 0;
+        }
+        self.strikes = self.strikes.saturating_add(1);
+        self.last_anomaly = self.last_anomaly.max(now);
+        let was = self.escalated(now);
+        if self.strikes >= after {
+            self.escalated_until = self.escalated_until.max(now + duration);
+        }
+        !was && self.escalated(now)
+    }
+
+    pub fn escalated(&self, now: f64) -> bool {
+        now < self.escalated_until
     }
 
     /// Record a request's arrival and template (pre-upstream stage).
@@ -421,8 +462,8 @@ mod tests {
         for i in 0..20 {
             c.observe_request(i as f64, TemplateId(i), 20);
         }
-        // About 270 bytes of state per client with a window of 20, plus its key and the map
-        // entry: 100,000 clients fit in roughly 40 MB.
-        assert!(c.size_bytes() <= 280, "{}", c.size_bytes());
+        // About 300 bytes of state per client with a window of 20, plus its key and the map
+        // entry: 100,000 clients fit in roughly 45 MB.
+        assert!(c.size_bytes() <= 300, "{}", c.size_bytes());
     }
 }

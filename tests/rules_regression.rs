@@ -3,6 +3,8 @@
 //! that loses detection in a category, or starts flagging ordinary traffic, fails here; the
 //! full corpora are evaluated by `.ci/run` when `../shared/corpora` is present.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use vigil::config::Config;

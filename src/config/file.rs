@@ -8,9 +8,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    Config, Exclusion, Inspection, Listener, LogTarget, Logging, Mode, OverLimit, PolicyConfig,
-    Problem, RouteMatch, RoutePolicy, RulesConfig, Server, TlsFiles, Upstream,
+    Config, DetectorSettings, EnsembleConfig, EscalationConfig, Exclusion, Inspection, Listener,
+    LogTarget, Logging, Mode, ModelsConfig, OverLimit, PolicyConfig, Problem, RouteMatch,
+    RoutePolicy, RulesConfig, Server, TlsFiles, Upstream,
 };
+use crate::session::{SessionConfig, SessionKey};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +31,114 @@ pub struct FileConfig {
     pub inspection: FileInspection,
     #[serde(default)]
     pub policy: FilePolicy,
+    #[serde(default)]
+    pub models: FileModels,
+    #[serde(default)]
+    pub sessions: FileSessions,
+    #[serde(default)]
+    pub ensemble: FileEnsemble,
+    #[serde(default)]
+    pub escalation: FileEscalation,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileModels {
+    pub dir: String,
+}
+
+impl Default for FileModels {
+    fn default() -> Self {
+        FileModels {
+            dir: "models".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSessions {
+    pub key: String,
+    pub window: usize,
+    pub max_clients: usize,
+    pub idle_ttl_secs: f64,
+}
+
+impl Default for FileSessions {
+    fn default() -> Self {
+        let d = crate::session::SessionConfig::default();
+        FileSessions {
+            key: "ip".into(),
+            window: d.window,
+            max_clients: d.max_clients,
+            idle_ttl_secs: d.idle_ttl,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDetector {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub weight: f64,
+    #[serde(default = "half")]
+    pub threshold: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileEnsemble {
+    pub rules: FileDetector,
+    pub forest: FileDetector,
+    pub transformer: FileDetector,
+    pub threshold: f64,
+    pub max_action: String,
+}
+
+impl Default for FileEnsemble {
+    fn default() -> Self {
+        let d = |weight| FileDetector {
+            enabled: true,
+            weight,
+            threshold: 0.5,
+        };
+        FileEnsemble {
+            rules: d(1.0),
+            forest: d(0.6),
+            transformer: d(0.7),
+            threshold: 0.5,
+            max_action: "block".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileEscalation {
+    pub enabled: bool,
+    pub after: i64,
+    pub duration_secs: f64,
+    pub action: String,
+}
+
+impl Default for FileEscalation {
+    fn default() -> Self {
+        FileEscalation {
+            enabled: true,
+            after: 2,
+            duration_secs: 600.0,
+            action: "block".into(),
+        }
+    }
 }
 
 fn default_listen() -> Vec<FileListener> {
@@ -507,6 +617,15 @@ impl FileConfig {
         };
 
         let policy = validate_policy(&self.policy, &mut p);
+        let models = ModelsConfig {
+            dir: match self.models.dir.as_str() {
+                "" | "off" => None,
+                d => Some(super::resolve(base_dir, Path::new(d))),
+            },
+        };
+        let sessions = validate_sessions(&self.sessions, &mut p);
+        let ensemble = validate_ensemble(&self.ensemble, &mut p);
+        let escalation = validate_escalation(&self.escalation, &mut p);
 
         if !p.0.is_empty() {
             return Err(p.0);
@@ -520,7 +639,109 @@ impl FileConfig {
             rules: RulesConfig { paths: rule_paths },
             inspection,
             policy,
+            models,
+            sessions,
+            ensemble,
+            escalation,
         })
+    }
+}
+
+fn validate_sessions(fs: &FileSessions, p: &mut Problems) -> SessionConfig {
+    let key = match fs.key.as_str() {
+        "ip" => SessionKey::Ip,
+        "ip_user_agent" => SessionKey::IpUserAgent,
+        k => match k.split_once(':') {
+            Some(("cookie", name)) if is_token(name) => SessionKey::Cookie(name.to_string()),
+            Some(("header", name)) if is_token(name) => {
+                SessionKey::Header(name.to_ascii_lowercase())
+            }
+            _ => {
+                p.add(
+                    "sessions.key",
+                    format!("must be ip, ip_user_agent, cookie:NAME or header:NAME, got {k:?}"),
+                );
+                SessionKey::Ip
+            }
+        },
+    };
+    if !(2..=256).contains(&fs.window) {
+        p.add(
+            "sessions.window",
+            format!("must be between 2 and 256 templates, got {}", fs.window),
+        );
+    }
+    if fs.max_clients < 16 {
+        p.add(
+            "sessions.max_clients",
+            format!("must be at least 16, got {}", fs.max_clients),
+        );
+    }
+    let idle = p.duration("sessions.idle_ttl_secs", fs.idle_ttl_secs, 1.0);
+    SessionConfig {
+        window: fs.window.clamp(2, 256),
+        max_clients: fs.max_clients.max(16),
+        idle_ttl: idle.as_secs_f64(),
+        key,
+    }
+}
+
+/// An HTTP token (cookie or header name).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn unit_interval(p: &mut Problems, field: &str, x: f64, open_low: bool) -> f64 {
+    let ok = x.is_finite() && x <= 1.0 && if open_low { x > 0.0 } else { x >= 0.0 };
+    if !ok {
+        let range = if open_low { "(0, 1]" } else { "[0, 1]" };
+        p.add(field, format!("must be in {range}, got {x}"));
+        return 0.5;
+    }
+    x
+}
+
+fn validate_ensemble(fe: &FileEnsemble, p: &mut Problems) -> EnsembleConfig {
+    let mut det = |name: &str, d: &FileDetector| DetectorSettings {
+        enabled: d.enabled,
+        weight: unit_interval(p, &format!("ensemble.{name}.weight"), d.weight, false),
+        threshold: unit_interval(p, &format!("ensemble.{name}.threshold"), d.threshold, true),
+    };
+    let rules = det("rules", &fe.rules);
+    let forest = det("forest", &fe.forest);
+    let transformer = det("transformer", &fe.transformer);
+    let threshold = unit_interval(p, "ensemble.threshold", fe.threshold, true);
+    let max_action = p
+        .mode("ensemble.max_action", &fe.max_action)
+        .unwrap_or(Mode::Block);
+    EnsembleConfig {
+        rules,
+        forest,
+        transformer,
+        threshold,
+        max_action,
+    }
+}
+
+fn validate_escalation(fe: &FileEscalation, p: &mut Problems) -> EscalationConfig {
+    if !(1..=1000).contains(&fe.after) {
+        p.add(
+            "escalation.after",
+            format!(
+                "must be between 1 and 1000 (anomalous requests), got {}",
+                fe.after
+            ),
+        );
+    }
+    EscalationConfig {
+        enabled: fe.enabled,
+        after: fe.after.clamp(1, 1000) as u32,
+        duration: p.duration("escalation.duration_secs", fe.duration_secs, 1.0),
+        action: p
+            .mode("escalation.action", &fe.action)
+            .unwrap_or(Mode::Block),
     }
 }
 

@@ -66,6 +66,52 @@ pub struct Config {
     pub rules: RulesConfig,
     pub inspection: Inspection,
     pub policy: PolicyConfig,
+    pub models: ModelsConfig,
+    pub sessions: crate::session::SessionConfig,
+    pub ensemble: EnsembleConfig,
+    pub escalation: EscalationConfig,
+}
+
+/// Where the learned detectors come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelsConfig {
+    /// A model set directory written by `vigil train`; `None`: rules only.
+    pub dir: Option<PathBuf>,
+}
+
+/// One detector's place in the ensemble.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectorSettings {
+    pub enabled: bool,
+    /// In [0, 1]: how much of its calibrated score the detector contributes.
+    pub weight: f64,
+    /// Calibrated score at which the detector votes (0.5 is its trained threshold).
+    pub threshold: f64,
+}
+
+/// How the detectors' calibrated scores become one verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnsembleConfig {
+    pub rules: DetectorSettings,
+    pub forest: DetectorSettings,
+    pub transformer: DetectorSettings,
+    /// Fused score at or above which a request is anomalous.
+    pub threshold: f64,
+    /// The strongest action a verdict of the learned detectors alone may take (rule hits
+    /// that reach `policy.threshold` always take the route's mode).
+    pub max_action: Mode,
+}
+
+/// Clients recognised as scanning, brute-forcing or enumerating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscalationConfig {
+    pub enabled: bool,
+    /// Anomalous requests, each within `duration` of the previous, that escalate a client.
+    pub after: u32,
+    /// How long an escalation lasts after the client's last anomalous request.
+    pub duration: Duration,
+    /// What an escalated client's requests get (bounded by the route's mode).
+    pub action: Mode,
 }
 
 #[derive(Debug, Clone, PartialEq)]

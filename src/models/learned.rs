@@ -9,8 +9,61 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::features::FEATURES_VERSION;
-use crate::learn::{Learned, TrainingSummary};
+use crate::detectors::forest::ForestModel;
+use crate::features::{FEATURES_VERSION, POST, PRE};
+use crate::template::Vocabulary;
+
+/// What the models were trained on, for the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub records: usize,
+    pub excluded_by_rules: usize,
+    pub clients: usize,
+    pub templates: usize,
+    pub unknown_share: f64,
+    pub first_time: String,
+    pub last_time: String,
+    pub features_version: u32,
+}
+
+/// The learned detectors of a model set.
+#[derive(Debug)]
+pub struct Learned {
+    pub vocabulary: Vocabulary,
+    pub pre: ForestModel<PRE>,
+    pub post: ForestModel<POST>,
+    pub summary: TrainingSummary,
+    /// Names this vocabulary in client sessions, whose template windows hold its ids.
+    pub vocabulary_tag: u64,
+}
+
+impl Learned {
+    pub fn new(
+        vocabulary: Vocabulary,
+        pre: ForestModel<PRE>,
+        post: ForestModel<POST>,
+        summary: TrainingSummary,
+    ) -> Learned {
+        let tag = serde_json::to_vec(&vocabulary)
+            .map(|b| tag_of(&b))
+            .unwrap_or(0);
+        Learned {
+            vocabulary,
+            pre,
+            post,
+            summary,
+            vocabulary_tag: tag,
+        }
+    }
+}
+
+/// First 8 bytes of the sha256 of a file: stable across processes, unlike `DefaultHasher`.
+fn tag_of(bytes: &[u8]) -> u64 {
+    let d = Sha256::digest(bytes);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(b)
+}
 
 pub const FORMAT_VERSION: u32 = 1;
 const FILES: [&str; 3] = ["vocabulary.json", "forest_pre.json", "forest_post.json"];
@@ -41,6 +94,27 @@ pub struct Manifest {
     pub training: TrainingSummary,
     /// File name -> sha256 (hex).
     pub files: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// A short name for this model set: the start of the hash of its files' hashes.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        for (name, sum) in &self.files {
+            h.update(name.as_bytes());
+            h.update(sum.as_bytes());
+        }
+        h.finalize()
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Whether `dir` holds a model set (its manifest), damaged or not.
+pub fn present(dir: &Path) -> bool {
+    dir.join("manifest.json").exists()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -123,12 +197,7 @@ pub fn load(dir: &Path) -> Result<(Learned, Manifest), LearnedError> {
     let pre = serde_json::from_slice(&read(FILES[1])?).map_err(|e| parse_err(FILES[1], e))?;
     let post = serde_json::from_slice(&read(FILES[2])?).map_err(|e| parse_err(FILES[2], e))?;
     Ok((
-        Learned {
-            vocabulary,
-            pre,
-            post,
-            summary: manifest.training.clone(),
-        },
+        Learned::new(vocabulary, pre, post, manifest.training.clone()),
         manifest,
     ))
 }

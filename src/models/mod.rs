@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError, Inspection};
+use crate::config::{Config, ConfigError, EnsembleConfig, EscalationConfig, Inspection};
 use crate::detectors::rules::{self, RuleSet, RulesError};
 use crate::policy::Policy;
 use crate::request::HttpRequest;
@@ -26,6 +26,8 @@ pub enum ModelError {
     Rules(Vec<RulesError>),
     #[error("self-check failed: {0}")]
     SelfCheck(String),
+    #[error("model set refused: {0}")]
+    Learned(#[from] learned::LearnedError),
 }
 
 impl ModelError {
@@ -47,18 +49,48 @@ pub struct ModelSet {
     pub rules: RuleSet,
     pub policy: Policy,
     pub inspection: Inspection,
+    pub ensemble: EnsembleConfig,
+    pub escalation: EscalationConfig,
+    /// The learned detectors; `None` runs the rules alone (no `models.dir`, or no model set
+    /// in it yet).
+    pub learned: Option<Arc<learned::Learned>>,
+    pub manifest: Option<learned::Manifest>,
     pub loaded_at: SystemTime,
 }
 
 impl ModelSet {
-    /// Build a complete set from a validated config (reads the rule packs).
+    /// Build a complete set from a validated config (reads the rule packs and the model set
+    /// in `models.dir`). A directory without a manifest means "no learned detectors yet"; a
+    /// model set that is there but damaged is an error naming the file.
     pub fn build(cfg: &Config, generation: u64) -> Result<ModelSet, ModelError> {
         let rules = RuleSet::load(&cfg.rules.paths).map_err(ModelError::Rules)?;
+        let (learned, manifest) = match &cfg.models.dir {
+            Some(dir) if learned::present(dir) => {
+                let (l, m) = learned::load(dir)?;
+                (Some(Arc::new(l)), Some(m))
+            }
+            _ => (None, None),
+        };
+        Self::assemble(cfg, generation, rules, learned, manifest)
+    }
+
+    /// A set from parts already in memory (training followed by scoring, tests).
+    pub fn assemble(
+        cfg: &Config,
+        generation: u64,
+        rules: RuleSet,
+        learned: Option<Arc<learned::Learned>>,
+        manifest: Option<learned::Manifest>,
+    ) -> Result<ModelSet, ModelError> {
         let set = ModelSet {
             generation,
             rules,
             policy: Policy::new(cfg.policy.clone()),
             inspection: cfg.inspection.clone(),
+            ensemble: cfg.ensemble.clone(),
+            escalation: cfg.escalation.clone(),
+            learned,
+            manifest,
             loaded_at: SystemTime::now(),
         };
         set.self_check()?;
@@ -84,8 +116,12 @@ impl ModelSet {
         Ok(())
     }
 
+    /// `<hash of the rule packs>[+<model set id>]#<generation>`.
     pub fn version(&self) -> String {
-        format!("{}#{}", self.rules.version(), self.generation)
+        match &self.manifest {
+            Some(m) => format!("{}+{}#{}", self.rules.version(), m.id(), self.generation),
+            None => format!("{}#{}", self.rules.version(), self.generation),
+        }
     }
 }
 
@@ -188,6 +224,9 @@ impl Registry {
         }
         if cfg.logging != self.boot.logging {
             w.push("logging");
+        }
+        if cfg.sessions != self.boot.sessions {
+            w.push("sessions");
         }
         w.into_iter()
             .map(|s| format!("the {s} section changed; it takes effect only after a restart or an upgrade (SIGQUIT + --upgrade)"))

@@ -25,9 +25,11 @@ use crate::config::{Mode, OverLimit, Upstream};
 use crate::forwarded;
 use crate::logsink::LogSink;
 use crate::models::{ModelSet, Registry};
-use crate::policy::{Action, Decision};
+use crate::pipeline::{self, Pre, RequestInput};
+use crate::policy::Action;
 use crate::record::{escape_nginx, Record};
 use crate::request::HttpRequest;
+use crate::session::Sessions;
 
 /// State shared by every request.
 pub struct Shared {
@@ -39,6 +41,8 @@ pub struct Shared {
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
     pub upstream: Upstream,
     pub upstream_ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Client sessions outlive model swaps (they hold behaviour, not model output).
+    pub sessions: Arc<Sessions>,
 }
 
 pub struct VigilProxy {
@@ -54,7 +58,8 @@ pub struct RequestCtx {
     client: IpAddr,
     host: String,
     mode: Mode,
-    decision: Option<Decision>,
+    /// The pre-upstream verdict (absent when inspection is off or never got that far).
+    pre: Option<Pre>,
     inspect_us: u64,
     upstream: Option<String>,
     sent_continue: bool,
@@ -78,7 +83,7 @@ impl ProxyHttp for VigilProxy {
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             host: String::new(),
             mode: Mode::Off,
-            decision: None,
+            pre: None,
             inspect_us: 0,
             upstream: None,
             sent_continue: false,
@@ -148,11 +153,19 @@ impl ProxyHttp for VigilProxy {
             body,
             body_truncated: truncated,
         };
-        let report = models.rules.inspect(&http_req, &models.inspection);
-        let decision = models.policy.decide(ctx.client, &ctx.host, &path, report);
+        let client_name = ctx.client.to_string();
+        let input = RequestInput {
+            client: ctx.client,
+            client_name: &client_name,
+            time: chrono::Local::now().fixed_offset(),
+            host: &ctx.host,
+            path: &path,
+            request: &http_req,
+        };
+        let pre = pipeline::pre(&models, &self.shared.sessions, &input);
         ctx.inspect_us = t0.elapsed().as_micros() as u64;
-        let action = decision.action;
-        ctx.decision = Some(decision);
+        let action = pre.decision.action;
+        ctx.pre = Some(pre);
 
         if action == Action::Block {
             let status = models.policy.block_status();
@@ -223,11 +236,9 @@ impl ProxyHttp for VigilProxy {
         if ctx.sent_continue {
             upstream_request.remove_header("expect");
         }
-        if ctx.mode == Mode::Tag {
-            if let Some(d) = &ctx.decision {
-                for (k, v) in verdict_headers(d) {
-                    upstream_request.insert_header(k, v)?;
-                }
+        if let Some(pre) = ctx.pre.as_ref().filter(|p| tagging(ctx.mode, p)) {
+            for (k, v) in verdict_headers(pre, &ctx.models) {
+                upstream_request.insert_header(k, v)?;
             }
         }
         Ok(())
@@ -257,9 +268,9 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if ctx.mode == Mode::Tag && ctx.models.policy.tag_response() {
-            if let Some(d) = &ctx.decision {
-                for (k, v) in verdict_headers(d) {
+        if ctx.models.policy.tag_response() {
+            if let Some(pre) = ctx.pre.as_ref().filter(|p| tagging(ctx.mode, p)) {
+                for (k, v) in verdict_headers(pre, &ctx.models) {
                     resp.insert_header(k, v)?;
                 }
             }
@@ -290,10 +301,28 @@ impl ProxyHttp for VigilProxy {
         if self.shared.access.is_on() {
             self.shared.access.write(record.to_combined());
         }
+        let post = ctx.pre.as_ref().map(|pre| {
+            let t0 = Instant::now();
+            let post = pipeline::post(
+                &ctx.models,
+                &self.shared.sessions,
+                pre,
+                record.status,
+                record.bytes,
+            );
+            ctx.inspect_us += t0.elapsed().as_micros() as u64;
+            post
+        });
+        if let Some(p) = post.as_ref().filter(|p| p.escalated_now) {
+            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client, score = p.verdict.score, "Client escalated: its next requests get the escalation action.");
+        }
         let worth_logging = self.shared.decision_log_all
-            || ctx.decision.as_ref().is_some_and(|d| !d.matches.is_empty());
+            || ctx.pre.as_ref().is_some_and(|p| {
+                !p.decision.matches.is_empty() || p.verdict.anomaly || p.escalated
+            })
+            || post.as_ref().is_some_and(|p| p.verdict.anomaly);
         if self.shared.decisions.is_on() && worth_logging {
-            let line = decision_json(&record, ctx, e);
+            let line = decision_json(&record, ctx, post.as_ref(), e);
             self.shared.decisions.write(line);
         }
     }
@@ -457,27 +486,74 @@ fn trim_ascii(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-/// `x-vigil-verdict`, `x-vigil-score`, `x-vigil-rules`. Rule ids are restricted to
-/// `[A-Za-z0-9._-]` when packs load, so they are safe in a header.
-fn verdict_headers(d: &Decision) -> [(&'static str, String); 3] {
-    let ids: Vec<&str> = d.matches.iter().map(|m| m.id.as_str()).collect();
-    [
-        (
-            "x-vigil-verdict",
-            if d.attack {
-                "attack".into()
-            } else {
-                "pass".into()
-            },
-        ),
-        ("x-vigil-score", d.score.to_string()),
-        ("x-vigil-rules", ids.join(",")),
-    ]
+/// Verdict headers go on every request of a `tag` route, and on a request that a capped
+/// action (learned verdict or escalation) tags on a `block` route.
+fn tagging(mode: Mode, pre: &Pre) -> bool {
+    mode == Mode::Tag || pre.decision.action == Action::Tag
 }
 
-fn decision_json(r: &Record, ctx: &RequestCtx, e: Option<&Error>) -> String {
+/// `x-vigil-verdict` (`attack`: the rules decided; `anomaly`: the ensemble; `escalated`: the
+/// client is; else `pass`), `x-vigil-score` (rule points), `x-vigil-rules`, and with learned
+/// detectors `x-vigil-anomaly-score`, `x-vigil-detectors` (`name=score/threshold`, `!` where it
+/// voted) and `x-vigil-template`. Rule ids are restricted to `[A-Za-z0-9._-]` when packs load
+/// and templates are escaped, so every value is a valid header value.
+fn verdict_headers(pre: &Pre, models: &ModelSet) -> Vec<(&'static str, String)> {
+    let d = &pre.decision;
+    let v = &pre.verdict;
+    let ids: Vec<&str> = d.matches.iter().map(|m| m.id.as_str()).collect();
+    let verdict = if d.attack {
+        "attack"
+    } else if v.anomaly {
+        "anomaly"
+    } else if pre.escalated {
+        "escalated"
+    } else {
+        "pass"
+    };
+    let mut h = vec![
+        ("x-vigil-verdict", verdict.to_string()),
+        ("x-vigil-score", d.score.to_string()),
+        ("x-vigil-rules", ids.join(",")),
+    ];
+    if let Some(l) = models.learned.as_deref() {
+        h.push(("x-vigil-anomaly-score", format!("{:.3}", v.score)));
+        let dets: Vec<String> = v
+            .detectors
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}={:.3}/{:.2}{}",
+                    s.detector.as_str(),
+                    s.score,
+                    s.threshold,
+                    if s.vote { "!" } else { "" }
+                )
+            })
+            .collect();
+        h.push(("x-vigil-detectors", dets.join(";")));
+        h.push((
+            "x-vigil-template",
+            escape_nginx(l.vocabulary.text(pre.template).as_bytes()),
+        ));
+    }
+    h
+}
+
+fn decision_json(
+    r: &Record,
+    ctx: &RequestCtx,
+    post: Option<&pipeline::Post>,
+    e: Option<&Error>,
+) -> String {
     let opt = |v: &Option<Vec<u8>>| v.as_deref().map(escape_nginx);
-    let d = ctx.decision.as_ref();
+    let pre = ctx.pre.as_ref();
+    let d = pre.map(|p| &p.decision);
+    let template = pre.and_then(|p| {
+        ctx.models
+            .learned
+            .as_deref()
+            .map(|l| escape_nginx(l.vocabulary.text(p.template).as_bytes()))
+    });
     let v = serde_json::json!({
         "time": r.time.to_rfc3339(),
         "request_id": ctx.request_id,
@@ -494,11 +570,17 @@ fn decision_json(r: &Record, ctx: &RequestCtx, e: Option<&Error>) -> String {
         "mode": ctx.mode.as_str(),
         "action": d.map_or("allow", |d| d.action.as_str()),
         "attack": d.is_some_and(|d| d.attack),
+        "anomaly": pre.is_some_and(|p| p.verdict.anomaly) || post.is_some_and(|p| p.verdict.anomaly),
         "score": d.map_or(0, |d| d.score),
         "threshold": d.map(|d| d.threshold),
         "allowlisted": d.is_some_and(|d| d.allowlisted),
         "matches": d.map(|d| &d.matches),
         "excluded": d.map_or(0, |d| d.excluded),
+        "template": template,
+        "escalated": pre.is_some_and(|p| p.escalated),
+        "escalated_now": post.is_some_and(|p| p.escalated_now),
+        "pre": pre.map(|p| &p.verdict),
+        "post": post.map(|p| &p.verdict),
         "inspect_us": ctx.inspect_us,
         "rules_version": ctx.models.version(),
         "error": e.map(|e| e.to_string()),

@@ -61,8 +61,17 @@ pub fn serve(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
         patterns = first.rules.pattern_count(),
         version = %first.version(),
         mode = cfg.policy.mode.as_str(),
+        learned = first.learned.is_some(),
         "Model set loaded."
     );
+    if first.learned.is_none() {
+        match &cfg.models.dir {
+            Some(dir) => {
+                tracing::warn!(dir = %dir.display(), "No model set in models.dir: the rules run alone until `vigil train` writes one there and vigil gets SIGHUP.")
+            }
+            None => tracing::info!("models.dir is off: the rules run alone."),
+        }
+    }
     let access = LogSink::open("access", &cfg.logging.access_log)?;
     let decisions = LogSink::open("decision", &cfg.logging.decision_log)?;
     let registry = Arc::new(Registry::new(&opts.config_path, cfg.clone(), first));
@@ -115,6 +124,7 @@ pub fn serve(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
         upstreams,
         upstream: cfg.upstream.clone(),
         upstream_ca: ca,
+        sessions: Arc::new(crate::session::Sessions::new(cfg.sessions.clone())),
     });
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

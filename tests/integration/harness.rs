@@ -197,6 +197,10 @@ pub struct Setup {
     pub tls_listener: bool,
     /// Extra keys under `upstream:` (indented YAML lines).
     pub upstream_extra: String,
+    /// The learned-detector sections (`models`, `sessions`, `ensemble`, `escalation`). By
+    /// default rules only and no escalation, so that one test client can send many attacks
+    /// and then a clean request.
+    pub learning: String,
 }
 
 impl Setup {
@@ -209,7 +213,13 @@ impl Setup {
             trusted: false,
             tls_listener: false,
             upstream_extra: String::new(),
+            learning: "models:\n  dir: \"off\"\nescalation:\n  enabled: false\n".into(),
         }
+    }
+
+    pub fn learning(mut self, yaml: &str) -> Setup {
+        self.learning = yaml.to_string();
+        self
     }
 
     pub fn policy(mut self, yaml: &str) -> Setup {
@@ -277,6 +287,11 @@ impl Vigil {
             ux = setup.upstream_extra,
         );
         cfg.push_str(&setup.policy);
+        cfg.push_str(
+            &setup
+                .learning
+                .replace("{repo}", &repo().display().to_string()),
+        );
         cfg.push_str(&setup.extra.replace("{dir}", &d));
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, &cfg).expect("write config");

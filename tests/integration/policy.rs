@@ -211,3 +211,55 @@ fn exclusions_remove_a_false_positive_only_where_configured() {
     let d = v.decisions(5);
     assert!(d.iter().any(|d| d["excluded"].as_u64().unwrap_or(0) > 0));
 }
+
+#[test]
+fn a_client_that_keeps_attacking_is_escalated_and_the_escalation_fades() {
+    let up = Upstream::start();
+    let v = Setup::new(up.addr)
+        .learning(
+            "models:\n  dir: \"off\"\nescalation:\n  enabled: true\n  after: 2\n  duration_secs: 2\n  action: block\npolicy:\n  mode: block\n  allowlist:\n    routes: [{path_prefix: /open}]\n",
+        )
+        .policy("")
+        .start();
+    assert_eq!(v.get("/search?q=running+shoes").status, 200);
+    assert_eq!(v.get(SQLI).status, 403);
+    assert_eq!(
+        v.get("/search?q=boots").status,
+        200,
+        "one attack does not escalate"
+    );
+    assert_eq!(v.get(XSS).status, 403);
+    let r = v.get("/search?q=sandals");
+    assert_eq!(r.status, 403, "after two attacks the client is escalated");
+    assert_eq!(up.count(), 2);
+    let d = v.decisions(5);
+    assert_eq!(d[4]["escalated"], true, "{}", d[4]);
+    assert_eq!(d[4]["attack"], false);
+    assert_eq!(d[3]["escalated_now"], true, "{}", d[3]);
+    assert_eq!(
+        v.get("/open/page").status,
+        200,
+        "the allowlist wins over an escalation"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert_eq!(
+        v.get("/search?q=sandals").status,
+        200,
+        "the escalation ends duration_secs after the last anomaly"
+    );
+}
+
+#[test]
+fn escalation_action_is_capped_by_the_route_mode_and_can_tag() {
+    let up = Upstream::start();
+    let v = Setup::new(up.addr)
+        .learning(
+            "models:\n  dir: \"off\"\nescalation:\n  enabled: true\n  after: 1\n  action: tag\n",
+        )
+        .start();
+    assert_eq!(v.get(SQLI).status, 403);
+    let r = v.get("/search?q=boots");
+    assert_eq!(r.status, 200, "escalated to tag, not block");
+    let seen = up.last();
+    assert_eq!(seen.header("x-vigil-verdict"), Some("escalated"));
+}

@@ -1,0 +1,250 @@
+//! Ensemble: the detectors' calibrated scores (rules, isolation forest, transformer) become
+//! one `Verdict` that carries its reasons. Sits between the detectors and the policy; pure and
+//! allocation-light (it runs twice per request: pre-upstream and post-response).
+//!
+//! Every detector reports a score in [0, 1] on which its trained threshold (the one calibrated
+//! to the target false-positive rate) sits at 0.5. The scores are fused with a weighted
+//! noisy-OR, `1 - Π (1 - wᵢ·sᵢ)`: one detector that is very sure can decide alone, two that
+//! are fairly sure agree their way over the threshold, and a detector that is unsure adds
+//! little. Rule hits that reach `policy.threshold` are authoritative and decide on their own
+//! whatever the weights say (the research prototype let a weighted vote overrule them).
+
+use serde::Serialize;
+
+use crate::config::{DetectorSettings, EnsembleConfig};
+
+/// Which detector a score comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    Rules,
+    ForestPre,
+    ForestPost,
+    Transformer,
+}
+
+impl DetectorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectorKind::Rules => "rules",
+            DetectorKind::ForestPre => "forest_pre",
+            DetectorKind::ForestPost => "forest_post",
+            DetectorKind::Transformer => "transformer",
+        }
+    }
+}
+
+/// One detector's contribution to a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DetectorScore {
+    pub detector: DetectorKind,
+    /// Calibrated to [0, 1]; the detector's trained threshold is at 0.5.
+    pub score: f64,
+    /// Calibrated score at which it votes (`ensemble.<detector>.threshold`).
+    pub threshold: f64,
+    pub vote: bool,
+    pub weight: f64,
+    /// In the detector's own unit: rule points, forest anomaly score, transformer NLL (nats).
+    pub raw: f64,
+    /// The trained threshold in that unit.
+    pub raw_threshold: f64,
+}
+
+impl DetectorScore {
+    pub fn new(
+        detector: DetectorKind,
+        settings: &DetectorSettings,
+        score: f64,
+        raw: f64,
+        raw_threshold: f64,
+    ) -> DetectorScore {
+        let score = if score.is_finite() {
+            score.clamp(0.0, 1.0)
+        } else {
+            // A detector that produced garbage is not evidence either way.
+            0.0
+        };
+        DetectorScore {
+            detector,
+            score,
+            threshold: settings.threshold,
+            vote: score >= settings.threshold,
+            weight: settings.weight,
+            raw,
+            raw_threshold,
+        }
+    }
+}
+
+/// The rules' calibrated score: the policy threshold lands on 0.5, twice it on 1.
+pub fn rules_score(points: u32, threshold: u32) -> f64 {
+    (points as f64 / (2.0 * threshold.max(1) as f64)).min(1.0)
+}
+
+/// Map a raw score so that `threshold` lands on 0.5 and `ceiling` (or anything above) on 1;
+/// `floor` and below land on 0. Piecewise linear, so the order of raw scores is kept.
+pub fn calibrate(raw: f64, floor: f64, threshold: f64, ceiling: f64) -> f64 {
+    if !raw.is_finite() {
+        return if raw == f64::NEG_INFINITY { 0.0 } else { 1.0 };
+    }
+    let s = if raw <= threshold {
+        let span = threshold - floor;
+        if span <= 0.0 {
+            0.0
+        } else {
+            0.5 * (raw - floor) / span
+        }
+    } else {
+        let span = ceiling - threshold;
+        if span <= 0.0 {
+            1.0
+        } else {
+            0.5 + 0.5 * (raw - threshold) / span
+        }
+    };
+    s.clamp(0.0, 1.0)
+}
+
+/// The fused judgement on a request at one stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// Fused score in [0, 1].
+    pub score: f64,
+    pub threshold: f64,
+    pub anomaly: bool,
+    /// The rule hits reached `policy.threshold` and decided on their own.
+    pub rules_decided: bool,
+    pub detectors: Vec<DetectorScore>,
+    /// One sentence per piece of evidence, for operators.
+    pub reasons: Vec<String>,
+}
+
+impl Verdict {
+    pub fn detector(&self, kind: DetectorKind) -> Option<&DetectorScore> {
+        self.detectors.iter().find(|d| d.detector == kind)
+    }
+}
+
+/// Fuse the scores of the enabled detectors (`scores` holds only those that ran).
+/// `rules_decided` is whether the rule hits reached the policy threshold.
+pub fn combine(cfg: &EnsembleConfig, scores: Vec<DetectorScore>, rules_decided: bool) -> Verdict {
+    let mut keep = 1.0;
+    for d in &scores {
+        keep *= 1.0 - (d.weight * d.score).clamp(0.0, 1.0);
+    }
+    let score = (1.0 - keep).clamp(0.0, 1.0);
+    let anomaly = rules_decided || score >= cfg.threshold;
+    let mut reasons = Vec::new();
+    if rules_decided {
+        reasons.push("rule hits reached the policy threshold".to_string());
+    }
+    for d in scores.iter().filter(|d| d.vote) {
+        reasons.push(match d.detector {
+            DetectorKind::Rules => format!(
+                "rules: {} points (threshold {})",
+                d.raw, d.raw_threshold
+            ),
+            DetectorKind::ForestPre | DetectorKind::ForestPost => format!(
+                "{}: anomaly score {:.3} above its trained threshold {:.3} (calibrated {:.2})",
+                d.detector.as_str(),
+                d.raw,
+                d.raw_threshold,
+                d.score
+            ),
+            DetectorKind::Transformer => format!(
+                "transformer: this template after the client's previous ones has NLL {:.2} nats, trained threshold {:.2} (calibrated {:.2})",
+                d.raw, d.raw_threshold, d.score
+            ),
+        });
+    }
+    if anomaly && !rules_decided {
+        reasons.push(format!("ensemble score {score:.3} >= {:.2}", cfg.threshold));
+    }
+    Verdict {
+        score,
+        threshold: cfg.threshold,
+        anomaly,
+        rules_decided,
+        detectors: scores,
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+
+    fn cfg() -> EnsembleConfig {
+        let d = |weight| DetectorSettings {
+            enabled: true,
+            weight,
+            threshold: 0.5,
+        };
+        EnsembleConfig {
+            rules: d(1.0),
+            forest: d(0.6),
+            transformer: d(0.7),
+            threshold: 0.5,
+            max_action: Mode::Block,
+        }
+    }
+
+    fn s(kind: DetectorKind, settings: DetectorSettings, score: f64) -> DetectorScore {
+        DetectorScore::new(kind, &settings, score, score, 0.5)
+    }
+
+    #[test]
+    fn one_sure_detector_decides_and_unsure_ones_need_each_other() {
+        let c = cfg();
+        let forest_sure = combine(&c, vec![s(DetectorKind::ForestPost, c.forest, 0.95)], false);
+        assert!(forest_sure.anomaly, "{forest_sure:?}");
+        let forest_at_threshold =
+            combine(&c, vec![s(DetectorKind::ForestPost, c.forest, 0.5)], false);
+        assert!(!forest_at_threshold.anomaly);
+        let both = combine(
+            &c,
+            vec![
+                s(DetectorKind::ForestPost, c.forest, 0.55),
+                s(DetectorKind::Transformer, c.transformer, 0.6),
+            ],
+            false,
+        );
+        assert!(both.anomaly, "{both:?}");
+        assert_eq!(both.reasons.len(), 3, "{:?}", both.reasons);
+    }
+
+    #[test]
+    fn rules_are_authoritative_whatever_the_weights() {
+        let mut c = cfg();
+        c.rules.weight = 0.0;
+        let v = combine(
+            &c,
+            vec![s(DetectorKind::Rules, c.rules, rules_score(5, 5))],
+            true,
+        );
+        assert!(v.anomaly && v.rules_decided);
+        assert_eq!(rules_score(5, 5), 0.5);
+        assert_eq!(rules_score(20, 5), 1.0);
+    }
+
+    #[test]
+    fn garbage_scores_are_not_evidence() {
+        let c = cfg();
+        let v = combine(
+            &c,
+            vec![s(DetectorKind::Transformer, c.transformer, f64::NAN)],
+            false,
+        );
+        assert!(!v.anomaly && v.score == 0.0);
+    }
+
+    #[test]
+    fn calibration_keeps_order_and_pins_the_threshold() {
+        assert_eq!(calibrate(3.0, 0.0, 3.0, 9.0), 0.5);
+        assert_eq!(calibrate(9.0, 0.0, 3.0, 9.0), 1.0);
+        assert_eq!(calibrate(-1.0, 0.0, 3.0, 9.0), 0.0);
+        assert!(calibrate(2.0, 0.0, 3.0, 9.0) < calibrate(4.0, 0.0, 3.0, 9.0));
+        assert_eq!(calibrate(f64::INFINITY, 0.0, 3.0, 9.0), 1.0);
+    }
+}
