@@ -264,7 +264,7 @@ fn train(
     };
     tc.forest.target_fpr = target_fpr;
     let mut last = String::new();
-    let learned = crate::learn::train(
+    let trained = crate::learn::train(
         &records,
         &rules,
         &cfg.inspection,
@@ -280,7 +280,8 @@ fn train(
         },
     )?;
     eprintln!();
-    let manifest = crate::models::learned::save(&learned, out)?;
+    let learned = &trained.learned;
+    let manifest = crate::models::learned::save(learned, trained.canaries.clone(), out)?;
     let s = &manifest.training;
     println!(
         "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; forest thresholds pre {:.4} / post {:.4}; {:.1} s; written to {}",

@@ -12,7 +12,15 @@ use crate::detectors::forest::{ForestError, ForestModel, TrainOptions};
 use crate::detectors::rules::RuleSet;
 use crate::eval::request_from_record;
 use crate::features::{PostVector, PreVector, RequestFacts, FEATURES_VERSION};
+use crate::models::learned::{canary_outputs, Canary, CANARIES};
 pub use crate::models::learned::{Learned, TrainingSummary};
+
+/// What training produces: the detectors and the canaries their manifest will carry.
+#[derive(Debug)]
+pub struct Trained {
+    pub learned: Learned,
+    pub canaries: Vec<Canary>,
+}
 use crate::pipeline;
 use crate::record::Record;
 use crate::session::{SessionConfig, Sessions};
@@ -93,7 +101,7 @@ pub fn train(
     limits: &Inspection,
     cfg: &TrainConfig,
     mut progress: impl FnMut(&str, usize, usize),
-) -> Result<Learned, LearnError> {
+) -> Result<Trained, LearnError> {
     let mut order: Vec<usize> = (0..records.len()).collect();
     order.sort_by(|&a, &b| records[a].time.cmp(&records[b].time));
     let mut clean = Vec::with_capacity(records.len());
@@ -163,7 +171,11 @@ pub fn train(
             .unwrap_or_default(),
         features_version: FEATURES_VERSION,
     };
-    Ok(Learned::new(vocabulary, pre_model, post_model, summary))
+    let learned = Learned::new(vocabulary, pre_model, post_model, summary);
+    // Canaries: the earliest clean records, so that they include clients' first requests.
+    let first: Vec<Record> = clean.iter().take(CANARIES).map(|r| (*r).clone()).collect();
+    let canaries = canary_outputs(&learned, &first);
+    Ok(Trained { learned, canaries })
 }
 
 #[cfg(test)]
@@ -219,7 +231,8 @@ mod tests {
             &TrainConfig::default(),
             |_, _, _| {},
         )
-        .unwrap();
+        .unwrap()
+        .learned;
         assert_eq!(learned.summary.excluded_by_rules, 1);
         assert!(
             learned.summary.templates >= 4 && learned.summary.templates < 20,

@@ -78,6 +78,13 @@ pub enum LearnedError {
         expected: String,
         actual: String,
     },
+    #[error("{path}: self-check failed on canary {index} ({line}): {reason}")]
+    Canary {
+        path: PathBuf,
+        index: usize,
+        line: String,
+        reason: String,
+    },
     #[error("{path}: made for features version {found}, this vigil uses {expected}; retrain with `vigil train`")]
     Version {
         path: PathBuf,
@@ -94,6 +101,96 @@ pub struct Manifest {
     pub training: TrainingSummary,
     /// File name -> sha256 (hex).
     pub files: BTreeMap<String, String>,
+    /// Training records and what the detectors said about them when the set was written;
+    /// loading replays them and refuses a set whose detectors now say something else.
+    #[serde(default)]
+    pub canaries: Vec<Canary>,
+}
+
+/// A record and the detectors' outputs on it, replayed in order through fresh sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The record as a combined-format line.
+    pub line: String,
+    pub template: String,
+    pub forest_pre: f64,
+    pub forest_post: f64,
+}
+
+/// How many training records become canaries.
+pub const CANARIES: usize = 24;
+
+/// Replay records through fresh sessions and the learned detectors, as the proxy would.
+pub fn canary_outputs(learned: &Learned, records: &[crate::record::Record]) -> Vec<Canary> {
+    use crate::features::RequestFacts;
+    use crate::session::{SessionConfig, Sessions};
+    let sessions = Sessions::new(SessionConfig::default());
+    let window = sessions.config().window;
+    records
+        .iter()
+        .map(|r| {
+            let (method, target, _) = r.request_parts();
+            let template = learned.vocabulary.lookup(&method, &target);
+            let now = crate::pipeline::seconds(&r.time);
+            let facts = RequestFacts {
+                time: r.time,
+                method: &method,
+                target: target.as_bytes(),
+                unknown_template: template == crate::template::TemplateId::UNKNOWN,
+            };
+            let (pre, post) = sessions.with(&r.client, now, |c| {
+                let a = crate::pipeline::arrive(c, &facts, template, 0, now, window);
+                let post = crate::pipeline::respond(c, &a.features, r.status, r.bytes, now);
+                (a.features, post)
+            });
+            Canary {
+                line: r.to_combined(),
+                template: learned.vocabulary.text(template).to_string(),
+                forest_pre: learned.pre.score(&pre).raw,
+                forest_post: learned.post.score(&post).raw,
+            }
+        })
+        .collect()
+}
+
+/// Check a loaded set against its manifest's canaries.
+fn self_check(learned: &Learned, manifest: &Manifest, path: &Path) -> Result<(), LearnedError> {
+    let mut records = Vec::with_capacity(manifest.canaries.len());
+    for (index, c) in manifest.canaries.iter().enumerate() {
+        let r = crate::record::Record::parse_line(&c.line, index + 1).map_err(|e| {
+            LearnedError::Canary {
+                path: path.to_path_buf(),
+                index,
+                line: c.line.clone(),
+                reason: format!("the stored record does not parse: {}", e.reason),
+            }
+        })?;
+        records.push(r);
+    }
+    let now = canary_outputs(learned, &records);
+    for (index, (want, got)) in manifest.canaries.iter().zip(&now).enumerate() {
+        let fail = |reason: String| LearnedError::Canary {
+            path: path.to_path_buf(),
+            index,
+            line: want.line.clone(),
+            reason,
+        };
+        if want.template != got.template {
+            return Err(fail(format!(
+                "template {:?}, recorded {:?}",
+                got.template, want.template
+            )));
+        }
+        for (name, w, g) in [
+            ("forest_pre", want.forest_pre, got.forest_pre),
+            ("forest_post", want.forest_post, got.forest_post),
+        ] {
+            if !(g.is_finite() && (0.0..=1.0).contains(&g)) || (w - g).abs() > 1e-9 {
+                return Err(fail(format!("{name} score {g}, recorded {w}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -131,7 +228,11 @@ fn file_err(path: &Path, reason: impl ToString) -> LearnedError {
 
 /// Write the learned detectors into `dir` (created if needed). The manifest is written last,
 /// so a crash mid-way leaves a set that refuses to load rather than a mixed one.
-pub fn save(learned: &Learned, dir: &Path) -> Result<Manifest, LearnedError> {
+pub fn save(
+    learned: &Learned,
+    canaries: Vec<Canary>,
+    dir: &Path,
+) -> Result<Manifest, LearnedError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let bodies = [
         serde_json::to_vec(&learned.vocabulary),
@@ -151,6 +252,7 @@ pub fn save(learned: &Learned, dir: &Path) -> Result<Manifest, LearnedError> {
         created: chrono::Utc::now().to_rfc3339(),
         training: learned.summary.clone(),
         files,
+        canaries,
     };
     let path = dir.join("manifest.json");
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| file_err(&path, e))?;
@@ -196,10 +298,9 @@ pub fn load(dir: &Path) -> Result<(Learned, Manifest), LearnedError> {
     vocabulary.index();
     let pre = serde_json::from_slice(&read(FILES[1])?).map_err(|e| parse_err(FILES[1], e))?;
     let post = serde_json::from_slice(&read(FILES[2])?).map_err(|e| parse_err(FILES[2], e))?;
-    Ok((
-        Learned::new(vocabulary, pre, post, manifest.training.clone()),
-        manifest,
-    ))
+    let learned = Learned::new(vocabulary, pre, post, manifest.training.clone());
+    self_check(&learned, &manifest, &mpath)?;
+    Ok((learned, manifest))
 }
 
 #[cfg(test)]
@@ -209,7 +310,7 @@ mod tests {
     use crate::detectors::rules::RuleSet;
     use crate::record::Record;
 
-    fn learned() -> Learned {
+    fn learned() -> crate::learn::Trained {
         let rules =
             RuleSet::load(&[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))]).unwrap();
         let limits = Inspection {
@@ -236,10 +337,34 @@ mod tests {
     }
 
     #[test]
+    fn a_file_from_another_set_with_a_matching_hash_fails_the_canaries() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let t = learned();
+        save(&t.learned, t.canaries.clone(), a.path()).unwrap();
+        // Another training run: forests are random, so its scores differ.
+        let u = learned();
+        save(&u.learned, u.canaries.clone(), b.path()).unwrap();
+        let foreign = std::fs::read(b.path().join("forest_post.json")).unwrap();
+        std::fs::write(a.path().join("forest_post.json"), &foreign).unwrap();
+        let mpath = a.path().join("manifest.json");
+        let mut m: Manifest = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        m.files
+            .insert("forest_post.json".into(), sha256_hex(&foreign));
+        std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = load(a.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("manifest.json") && err.contains("canary") && err.contains("forest_post"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn round_trips_and_refuses_tampering_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let l = learned();
-        save(&l, dir.path()).unwrap();
+        let t = learned();
+        let l = &t.learned;
+        save(l, t.canaries.clone(), dir.path()).unwrap();
         let (back, manifest) = load(dir.path()).unwrap();
         assert_eq!(manifest.features_version, FEATURES_VERSION);
         let v = [0.5; crate::features::POST];
