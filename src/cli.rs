@@ -110,6 +110,19 @@ pub enum Command {
         /// Exit non-zero if more than this percentage of any benign corpus is flagged.
         #[arg(long)]
         max_false_positives: Option<f64>,
+        /// A labelled combined-format log (e.g. from `vigil simulate`): train the learned
+        /// detectors on its earlier part and evaluate the whole ensemble on the later part.
+        #[arg(long, requires = "labels")]
+        traffic: Option<PathBuf>,
+        /// Labels of --traffic: JSONL, one {"line","attack","episode"} per log line.
+        #[arg(long, requires = "traffic")]
+        labels: Option<PathBuf>,
+        /// Share of --traffic (from its start) used for training.
+        #[arg(long, default_value_t = 0.5)]
+        train_share: f64,
+        /// Also write the --traffic report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -157,10 +170,26 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             show,
             min_detection,
             max_false_positives,
+            traffic,
+            labels,
+            train_share,
+            json,
         } => {
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let rules = RuleSet::load(&cfg.rules.paths)
-                .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?;
+            let rules = std::sync::Arc::new(
+                RuleSet::load(&cfg.rules.paths)
+                    .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?,
+            );
+            if let (Some(log), Some(labels)) = (&traffic, &labels) {
+                eval_traffic(&cfg, &rules, log, labels, train_share, json.as_deref())?;
+                if payloads.is_empty()
+                    && crs.is_empty()
+                    && access_log.is_empty()
+                    && benign_params.is_empty()
+                {
+                    return Ok(0);
+                }
+            }
             let mut samples = Vec::new();
             for p in &payloads {
                 samples.extend(eval::load_payloads(p)?);
@@ -218,6 +247,73 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+fn eval_traffic(
+    cfg: &Config,
+    rules: &std::sync::Arc<RuleSet>,
+    log: &std::path::Path,
+    labels: &std::path::Path,
+    train_share: f64,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let lines = eval::traffic::load_labeled(log, labels)?;
+    let mut bar = Progress::default();
+    let report = eval::traffic::evaluate(
+        cfg,
+        rules,
+        &lines,
+        train_share,
+        &crate::learn::TrainConfig {
+            rule_threshold: cfg.policy.threshold,
+            ..Default::default()
+        },
+        |stage, done, total| bar.show(stage, done, total),
+    )?;
+    bar.finish();
+    print!("{}", eval::traffic::render(&report));
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A one-line progress display on standard error (only when it is a terminal, so that logs
+/// of CI runs stay readable).
+#[derive(Default)]
+struct Progress {
+    last: String,
+    shown: bool,
+}
+
+impl Progress {
+    fn show(&mut self, stage: &str, done: usize, total: usize) {
+        use std::io::Write as _;
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return;
+        }
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        let width = 30;
+        let filled = (pct * width / 100).min(width);
+        let line = format!(
+            "{stage:<24} [{}{}] {pct:>3}% ({done}/{total})",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        if line != self.last {
+            eprint!("\r{line}\x1b[K");
+            let _ = std::io::stderr().flush();
+            self.last = line;
+            self.shown = true;
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
 fn read_records(logs: &[PathBuf]) -> anyhow::Result<Vec<crate::record::Record>> {
     let mut records = Vec::new();
     for p in logs {
@@ -252,7 +348,6 @@ fn train(
     config: &std::path::Path,
     target_fpr: f64,
 ) -> anyhow::Result<i32> {
-    use std::io::Write as _;
     let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rules = RuleSet::load(&cfg.rules.paths)
         .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?;
@@ -263,23 +358,15 @@ fn train(
         ..Default::default()
     };
     tc.forest.target_fpr = target_fpr;
-    let mut last = String::new();
+    let mut bar = Progress::default();
     let trained = crate::learn::train(
         &records,
         &rules,
         &cfg.inspection,
         &tc,
-        |stage, done, total| {
-            let pct = (done * 100).checked_div(total).unwrap_or(100);
-            let line = format!("{stage:<10} {pct:>3}% ({done}/{total})");
-            if line != last {
-                eprint!("\r{line}   ");
-                let _ = std::io::stderr().flush();
-                last = line;
-            }
-        },
+        |stage, done, total| bar.show(stage, done, total),
     )?;
-    eprintln!();
+    bar.finish();
     let learned = &trained.learned;
     let manifest = crate::models::learned::save(learned, trained.canaries.clone(), out)?;
     let s = &manifest.training;

@@ -239,7 +239,8 @@ mod tests {
             "{:?}",
             learned.summary
         );
-        let set = ModelSet::assemble(&cfg, 1, rules, Some(Arc::new(learned)), None).unwrap();
+        let set =
+            ModelSet::assemble(&cfg, 1, Arc::new(rules), Some(Arc::new(learned)), None).unwrap();
         let sessions = Sessions::new(cfg.sessions.clone());
         let flagged = |r: &Record| {
             let (pre, post) = pipeline::score_record(&set, &sessions, r);

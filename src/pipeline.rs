@@ -139,11 +139,16 @@ pub fn respond(
 /// Score a request before it goes upstream, and record its arrival in the client's state.
 pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> Pre {
     let now = seconds(&input.time);
-    let report = models.rules.inspect(input.request, &models.inspection);
+    let ens = &models.ensemble;
+    // Rules switched off in the ensemble do not run at all (and so decide nothing).
+    let report = if ens.rules.enabled {
+        models.rules.inspect(input.request, &models.inspection)
+    } else {
+        Default::default()
+    };
     let mut decision = models
         .policy
         .decide(input.client, input.host, input.path, report);
-    let ens = &models.ensemble;
     let mut scores = Vec::with_capacity(3);
     if ens.rules.enabled {
         scores.push(DetectorScore::new(

@@ -46,7 +46,7 @@ impl ModelError {
 pub struct ModelSet {
     /// Increments with every successful load in this process.
     pub generation: u64,
-    pub rules: RuleSet,
+    pub rules: Arc<RuleSet>,
     pub policy: Policy,
     pub inspection: Inspection,
     pub ensemble: EnsembleConfig,
@@ -71,14 +71,14 @@ impl ModelSet {
             }
             _ => (None, None),
         };
-        Self::assemble(cfg, generation, rules, learned, manifest)
+        Self::assemble(cfg, generation, Arc::new(rules), learned, manifest)
     }
 
     /// A set from parts already in memory (training followed by scoring, tests).
     pub fn assemble(
         cfg: &Config,
         generation: u64,
-        rules: RuleSet,
+        rules: Arc<RuleSet>,
         learned: Option<Arc<learned::Learned>>,
         manifest: Option<learned::Manifest>,
     ) -> Result<ModelSet, ModelError> {

@@ -3,6 +3,8 @@
 //! lists (benign). Prints detection per category and false-positive rates. Reads files; not
 //! used by the proxy.
 
+pub mod traffic;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
