@@ -1,0 +1,162 @@
+//! Criterion benches for the learned stages and the whole per-request scoring: template
+//! lookup, feature extraction, the isolation forests, the transformer, and `ModelSet`
+//! scoring of one request (both pipeline stages: rules, template, session, forest,
+//! transformer, ensemble, policy), with the shipped model set (`models/`, via
+//! `config.yaml`), or one trained here on the committed access-log sample when none is
+//! shipped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use vigil::config::Config;
+use vigil::detectors::rules::RuleSet;
+use vigil::features::{self, RequestFacts};
+use vigil::models::ModelSet;
+use vigil::pipeline::{self, RequestInput};
+use vigil::record::Record;
+use vigil::request::HttpRequest;
+use vigil::session::{ClientState, Sessions};
+use vigil::template::TemplateId;
+
+fn model_set() -> (Config, ModelSet) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = Config::load(&root.join("config.yaml")).unwrap();
+    let set = ModelSet::build(&cfg, 1).unwrap();
+    if set.learned.is_some() {
+        return (cfg, set);
+    }
+    let text = std::fs::read_to_string(root.join("tests/data/access_log.sample.log")).unwrap();
+    let records: Vec<Record> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| Record::parse_line(l, i + 1).ok())
+        .collect();
+    let rules = RuleSet::load(&cfg.rules.paths).unwrap();
+    let trained = vigil::learn::train(
+        &records,
+        &rules,
+        &cfg.inspection,
+        &Default::default(),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let set = ModelSet::assemble(
+        &cfg,
+        1,
+        Arc::new(rules),
+        Some(Arc::new(trained.learned)),
+        None,
+    )
+    .unwrap();
+    (cfg, set)
+}
+
+fn request(target: &str) -> HttpRequest {
+    HttpRequest {
+        method: "GET".into(),
+        target: target.as_bytes().to_vec(),
+        version: "HTTP/1.1".into(),
+        headers: vec![
+            ("host".into(), b"shop.example.com".to_vec()),
+            ("user-agent".into(), b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36".to_vec()),
+            ("accept".into(), b"text/html,application/xhtml+xml".to_vec()),
+            ("referer".into(), b"https://shop.example.com/products".to_vec()),
+            ("cookie".into(), b"session=9f2c1e7a4b; theme=dark".to_vec()),
+        ],
+        body: Vec::new(),
+        body_truncated: false,
+    }
+}
+
+/// A short browsing session of typical requests, replayed in a loop.
+const TARGETS: [&str; 6] = [
+    "/",
+    "/products?page=2&sort=price",
+    "/products/1042",
+    "/static/css/app.css",
+    "/images/products/1042.jpg",
+    "/search?q=running+shoes&page=1",
+];
+
+fn bench_stages(c: &mut Criterion) {
+    let (_, set) = model_set();
+    let learned = set.learned.clone().unwrap();
+    let now = chrono::Local::now().fixed_offset();
+
+    let mut g = c.benchmark_group("template");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("lookup", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % TARGETS.len();
+            learned.vocabulary.lookup("GET", black_box(TARGETS[i]))
+        })
+    });
+    g.finish();
+
+    let mut state = ClientState::new(0.0);
+    for i in 0..20 {
+        state.observe_request(i as f64, TemplateId(i % 5), 20);
+        state.observe_response(i as f64, 200, 5000);
+    }
+    let facts = RequestFacts {
+        time: now,
+        method: "GET",
+        target: TARGETS[1].as_bytes(),
+        unknown_template: false,
+    };
+    let mut g = c.benchmark_group("features");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("pre_and_post", |b| {
+        b.iter(|| {
+            let pre = features::pre(black_box(&facts), Some(&state), 20);
+            features::post(&pre, 200, 5120, &state, 21.0)
+        })
+    });
+    g.finish();
+
+    let pre = features::pre(&facts, Some(&state), 20);
+    let post = features::post(&pre, 200, 5120, &state, 21.0);
+    let mut g = c.benchmark_group("forest");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("pre", |b| b.iter(|| learned.pre.score(black_box(&pre))));
+    g.bench_function("post", |b| b.iter(|| learned.post.score(black_box(&post))));
+    g.finish();
+}
+
+fn bench_model_set(c: &mut Criterion) {
+    let (cfg, set) = model_set();
+    let sessions = Sessions::new(cfg.sessions.clone());
+    let requests: Vec<HttpRequest> = TARGETS.iter().map(|t| request(t)).collect();
+    let mut g = c.benchmark_group("model_set");
+    g.throughput(Throughput::Elements(1));
+    for (name, clients) in [("one_client", 1u32), ("many_clients", 5000)] {
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            let mut i = 0u32;
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let client =
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i % clients));
+                let name = client.to_string();
+                let req = &requests[i as usize % requests.len()];
+                let input = RequestInput {
+                    client,
+                    client_name: &name,
+                    time: chrono::Local::now().fixed_offset(),
+                    host: "shop.example.com",
+                    path: "/",
+                    request: req,
+                };
+                let pre = pipeline::pre(&set, &sessions, black_box(&input));
+                pipeline::post(&set, &sessions, &pre, 200, 5120)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_stages, bench_model_set);
+criterion_main!(benches);
