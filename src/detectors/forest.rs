@@ -57,12 +57,12 @@ pub struct Score {
     pub threshold: f64,
 }
 
-/// A trained, calibrated forest over `N` features. Serialised as the library's forest plus
-/// calibration; scored through `Compiled`, a flat copy built when it is trained or loaded.
-#[derive(Serialize, Deserialize)]
-#[serde(try_from = "Stored<N>", into = "Stored<N>")]
+/// A trained, calibrated forest over `N` features. Trained with `extended-isolation-forest`,
+/// then kept (in memory and on disk) as `Compiled`, a flat copy that scores bit-identically
+/// at a fraction of the cost and a tenth of the library's serialised size.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(try_from = "Stored", into = "Stored")]
 pub struct ForestModel<const N: usize> {
-    forest: std::sync::Arc<Forest<f64, N>>,
     compiled: Compiled,
     /// Raw score at the calibrated threshold.
     threshold: f64,
@@ -73,10 +73,12 @@ pub struct ForestModel<const N: usize> {
     pub target_fpr: f64,
 }
 
-/// The on-disk form.
+/// The on-disk form, checked when read so that no file can make scoring index out of bounds
+/// or loop.
 #[derive(Serialize, Deserialize)]
-struct Stored<const N: usize> {
-    forest: std::sync::Arc<Forest<f64, N>>,
+struct Stored {
+    features: usize,
+    forest: Compiled,
     threshold: f64,
     center: f64,
     trained_on: usize,
@@ -84,18 +86,24 @@ struct Stored<const N: usize> {
     target_fpr: f64,
 }
 
-impl<const N: usize> TryFrom<Stored<N>> for ForestModel<N> {
+impl<const N: usize> TryFrom<Stored> for ForestModel<N> {
     type Error = String;
-    fn try_from(s: Stored<N>) -> Result<Self, String> {
+    fn try_from(s: Stored) -> Result<Self, String> {
+        if s.features != N {
+            return Err(format!(
+                "a forest over {} features, expected {N}",
+                s.features
+            ));
+        }
         if !(s.threshold.is_finite() && s.center.is_finite() && s.center <= s.threshold) {
             return Err(format!(
                 "calibration out of range: center {}, threshold {}",
                 s.center, s.threshold
             ));
         }
+        s.forest.validate(N)?;
         Ok(ForestModel {
-            compiled: Compiled::of(&s.forest, N)?,
-            forest: s.forest,
+            compiled: s.forest,
             threshold: s.threshold,
             center: s.center,
             trained_on: s.trained_on,
@@ -105,10 +113,11 @@ impl<const N: usize> TryFrom<Stored<N>> for ForestModel<N> {
     }
 }
 
-impl<const N: usize> From<ForestModel<N>> for Stored<N> {
-    fn from(m: ForestModel<N>) -> Stored<N> {
+impl<const N: usize> From<ForestModel<N>> for Stored {
+    fn from(m: ForestModel<N>) -> Stored {
         Stored {
-            forest: m.forest,
+            features: N,
+            forest: m.compiled,
             threshold: m.threshold,
             center: m.center,
             trained_on: m.trained_on,
@@ -118,26 +127,12 @@ impl<const N: usize> From<ForestModel<N>> for Stored<N> {
     }
 }
 
-impl<const N: usize> Clone for ForestModel<N> {
-    fn clone(&self) -> Self {
-        ForestModel {
-            forest: self.forest.clone(),
-            compiled: self.compiled.clone(),
-            threshold: self.threshold,
-            center: self.center,
-            trained_on: self.trained_on,
-            calibrated_on: self.calibrated_on,
-            target_fpr: self.target_fpr,
-        }
-    }
-}
-
 /// The forest flattened for scoring: nodes in one array, and per split only the features its
 /// hyperplane uses (extension level 1: two of them) instead of a dense dot product over all
 /// of them through boxed nodes. Built from the library's own serialised form, and computing
 /// the same floating-point operations in the same order, so scores are bit-identical to
-/// `Forest::score` (a test checks it) at a fraction of the cost.
-#[derive(Debug, Clone)]
+/// `Forest::score` (a test checks it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Compiled {
     avg_path_length_c: f64,
     roots: Vec<u32>,
@@ -146,16 +141,13 @@ struct Compiled {
     terms: Vec<(u32, f64, f64)>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(untagged)]
 enum Node {
     /// The path length a sample ending here contributes.
     Leaf(f64),
-    Split {
-        start: u32,
-        len: u32,
-        left: u32,
-        right: u32,
-    },
+    /// First term, number of terms, left child, right child.
+    Split(u32, u32, u32, u32),
 }
 
 /// Mirror of the library's serialised trees.
@@ -240,23 +232,50 @@ impl Compiled {
                     }
                 }
                 let len = self.terms.len() as u32 - start;
-                self.nodes.push(Node::Split {
-                    start,
-                    len,
-                    left: 0,
-                    right: 0,
-                });
+                self.nodes.push(Node::Split(start, len, 0, 0));
                 let l = self.add(left, depth + 1, features)?;
                 let r = self.add(right, depth + 1, features)?;
-                self.nodes[at as usize] = Node::Split {
-                    start,
-                    len,
-                    left: l,
-                    right: r,
-                };
+                self.nodes[at as usize] = Node::Split(start, len, l, r);
             }
         }
         Ok(at)
+    }
+
+    /// Every index in range, every child after its parent (so a walk always ends), finite
+    /// numbers.
+    fn validate(&self, features: usize) -> Result<(), String> {
+        let n = self.nodes.len();
+        if self.roots.is_empty()
+            || !(self.avg_path_length_c.is_finite() && self.avg_path_length_c > 0.0)
+        {
+            return Err("the forest has no trees or a bad path-length constant".into());
+        }
+        if self.roots.iter().any(|&r| r as usize >= n) {
+            return Err("a tree root points outside the node table".into());
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            match *node {
+                Node::Leaf(v) if !v.is_finite() => return Err(format!("node {i}: not finite")),
+                Node::Leaf(_) => {}
+                Node::Split(start, len, l, r) => {
+                    let end = start as usize + len as usize;
+                    if end > self.terms.len()
+                        || l as usize >= n
+                        || r as usize >= n
+                        || l as usize <= i
+                        || r as usize <= i
+                    {
+                        return Err(format!("node {i}: child or term index out of range"));
+                    }
+                }
+            }
+        }
+        for (f, p, w) in &self.terms {
+            if *f as usize >= features || !p.is_finite() || !w.is_finite() {
+                return Err(format!("a split term is out of range: feature {f}"));
+            }
+        }
+        Ok(())
     }
 
     fn score(&self, x: &[f64]) -> f64 {
@@ -268,12 +287,7 @@ impl Compiled {
                 loop {
                     match self.nodes[i] {
                         Node::Leaf(v) => return v,
-                        Node::Split {
-                            start,
-                            len,
-                            left,
-                            right,
-                        } => {
+                        Node::Split(start, len, left, right) => {
                             let mut d = 0.0;
                             for &(f, p, n) in &self.terms[start as usize..(start + len) as usize] {
                                 d += (x[f as usize] - p) * n;
@@ -353,7 +367,6 @@ impl<const N: usize> ForestModel<N> {
         let threshold = scores[k.min(scores.len() - 1)];
         let center = scores[scores.len() / 2].min(threshold);
         Ok(ForestModel {
-            forest: std::sync::Arc::new(forest),
             compiled,
             threshold,
             center,
@@ -508,7 +521,16 @@ mod tests {
 
     #[test]
     fn compiled_scores_are_bit_identical_to_the_library() {
-        let m = ForestModel::train(&normal_data(2000), &TrainOptions::default()).unwrap();
+        let data: Vec<[f64; 3]> = normal_data(2000).iter().map(|(_, v)| quantize(v)).collect();
+        let options = ForestOptions {
+            n_trees: 50,
+            sample_size: 256,
+            max_tree_depth: None,
+            extension_level: 1,
+        };
+        let forest = Forest::from_slice(&data, &options).unwrap();
+        let compiled = Compiled::of(&forest, 3).unwrap();
+        compiled.validate(3).unwrap();
         let mut seed = 99;
         for _ in 0..2000 {
             let v = quantize(&[
@@ -516,8 +538,21 @@ mod tests {
                 lcg(&mut seed) * 4.0 - 1.0,
                 lcg(&mut seed) * 8.0,
             ]);
-            assert_eq!(m.forest.score(&v), m.compiled.score(&v), "{v:?}");
+            assert_eq!(forest.score(&v), compiled.score(&v), "{v:?}");
         }
+    }
+
+    #[test]
+    fn a_damaged_forest_file_is_refused_not_followed() {
+        let m = ForestModel::train(&normal_data(500), &TrainOptions::default()).unwrap();
+        let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        v["forest"]["nodes"][0] = serde_json::json!([0, 2, 0, 0]);
+        let err = serde_json::from_value::<ForestModel<3>>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node 0"), "{err}");
+        let v = serde_json::to_value(&m).unwrap();
+        assert!(serde_json::from_value::<ForestModel<4>>(v).is_err());
     }
 
     #[test]
