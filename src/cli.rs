@@ -83,6 +83,29 @@ pub enum Command {
         #[arg(long, default_value_t = 40)]
         show: usize,
     },
+    /// Write the access log of a simulated shop with a JSON API (browsers, customers, staff,
+    /// API clients, crawlers, monitors; diurnal rates, NAT, honest errors) with interleaved
+    /// attack episodes, and one ground-truth label per line: the data for `vigil eval
+    /// --traffic` and for training the shipped models. Deterministic for a seed.
+    Simulate {
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Days of traffic, starting Monday 2024-10-07 00:00 UTC.
+        #[arg(long, default_value_t = 1.0)]
+        days: f64,
+        /// Traffic volume; 1.0 is about 130,000 lines on a weekday.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Attack episodes of each of the eleven kinds over the whole run (0: normal only).
+        #[arg(long, default_value_t = 3)]
+        episodes: usize,
+        /// Where to write the log.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the labels (JSONL, one {"line","attack","episode","actor"} per line).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
     /// Measure the rule engine on labelled corpora: detection per category on attacks,
     /// false positives on benign traffic.
     Eval {
@@ -145,6 +168,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Check { config } => check(&config),
+        Command::Simulate {
+            seed,
+            days,
+            scale,
+            episodes,
+            out,
+            labels,
+        } => simulate(seed, days, scale, episodes, &out, labels.as_deref()),
         Command::Templates {
             log,
             max_templates,
@@ -245,6 +276,56 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if ok { 0 } else { 1 })
         }
     }
+}
+
+fn simulate(
+    seed: u64,
+    days: f64,
+    scale: f64,
+    episodes: usize,
+    out: &std::path::Path,
+    labels: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
+    use std::io::Write as _;
+    if !(days > 0.0 && days <= 60.0) {
+        bail!("--days must be in (0, 60], got {days}");
+    }
+    if !(scale > 0.0 && scale <= 20.0) {
+        bail!("--scale must be in (0, 20], got {scale}");
+    }
+    let cfg = crate::simulate::SimConfig {
+        seed,
+        days,
+        scale,
+        episodes_per_type: episodes,
+        ..Default::default()
+    };
+    let lines = crate::simulate::simulate(&cfg);
+    let create = |p: &std::path::Path| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
+    let mut log = create(out)?;
+    for l in &lines {
+        writeln!(log, "{}", l.line)?;
+    }
+    log.flush()?;
+    let attacks = lines.iter().filter(|l| l.label.attack.is_some()).count();
+    if let Some(p) = labels {
+        let mut f = create(p)?;
+        for (i, l) in lines.iter().enumerate() {
+            writeln!(f, "{}", crate::simulate::label_json(i + 1, &l.label))?;
+        }
+        f.flush()?;
+    }
+    eprintln!(
+        "{} lines ({} attack requests) written to {}",
+        lines.len(),
+        attacks,
+        out.display()
+    );
+    Ok(0)
 }
 
 fn eval_traffic(

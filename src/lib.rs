@@ -19,4 +19,5 @@ pub mod proxy;
 pub mod record;
 pub mod request;
 pub mod session;
+pub mod simulate;
 pub mod template;
