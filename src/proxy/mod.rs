@@ -493,7 +493,8 @@ fn tagging(mode: Mode, pre: &Pre) -> bool {
 }
 
 /// `x-vigil-verdict` (`attack`: the rules decided; `anomaly`: the ensemble; `escalated`: the
-/// client is; else `pass`), `x-vigil-score` (rule points), `x-vigil-rules`, and with learned
+/// client is; else `pass`), `x-vigil-score` (rule points), `x-vigil-rules`, `x-vigil-model`
+/// (the model-set version that judged the request), and with learned
 /// detectors `x-vigil-anomaly-score`, `x-vigil-detectors` (`name=score/threshold`, `!` where it
 /// voted) and `x-vigil-template`. Rule ids are restricted to `[A-Za-z0-9._-]` when packs load
 /// and templates are escaped, so every value is a valid header value.
@@ -514,6 +515,7 @@ fn verdict_headers(pre: &Pre, models: &ModelSet) -> Vec<(&'static str, String)> 
         ("x-vigil-verdict", verdict.to_string()),
         ("x-vigil-score", d.score.to_string()),
         ("x-vigil-rules", ids.join(",")),
+        ("x-vigil-model", models.version()),
     ];
     if let Some(l) = models.learned.as_deref() {
         h.push(("x-vigil-anomaly-score", format!("{:.3}", v.score)));

@@ -132,7 +132,15 @@ async fn handle(
             .body(Full::new(Bytes::from(body)).boxed())
             .expect("response")
     };
-    let resp = if let Some(code) = path.strip_prefix("/status/") {
+    // A test can ask for any status on any path (scenarios: 403 on /admin, 401 on /login).
+    let asked = s
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-test-status")
+        .and_then(|(_, v)| v.parse::<u16>().ok());
+    let resp = if let Some(code) = asked {
+        full(code, format!("status {code}\n").into_bytes())
+    } else if let Some(code) = path.strip_prefix("/status/") {
         full(
             code.parse().unwrap_or(500),
             format!("status {code}\n").into_bytes(),
@@ -537,4 +545,22 @@ pub fn read_response(s: &mut TcpStream) -> Option<Resp> {
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
+}
+
+/// Train a real model set with the `vigil train` binary on a committed log sample.
+pub fn train_models(out: &Path, log: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["train", "--config"])
+        .arg(repo().join("config.yaml"))
+        .arg("--log")
+        .arg(log)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run vigil train");
+    assert!(
+        o.status.success(),
+        "vigil train failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

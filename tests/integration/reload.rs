@@ -190,3 +190,159 @@ fn sigquit_hands_the_listeners_to_an_upgraded_process() {
     );
     assert_eq!(up.last().uri, "/after");
 }
+
+/// The `models.dir` line of a test config.
+fn with_models(cfg: &str, dir: &std::path::Path) -> String {
+    let start = cfg.find("models:\n  dir: ").expect("models section");
+    let end = start
+        + cfg[start..]
+            .find("\nescalation")
+            .expect("escalation section");
+    format!(
+        "{}models:\n  dir: {}{}",
+        &cfg[..start],
+        dir.display(),
+        &cfg[end..]
+    )
+}
+
+#[test]
+fn a_reload_under_load_fails_no_request_and_each_request_sees_one_model_set() {
+    use crate::harness::{repo, train_models};
+    let sets = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (sets.path().join("a"), sets.path().join("b"));
+    let sample = repo().join("tests/data/access_log.sample.log");
+    train_models(&a, &sample);
+    train_models(&b, &sample);
+    let up = Upstream::start();
+    let v = Setup::new(up.addr)
+        .policy("policy:\n  mode: tag\n")
+        .learning("models:\n  dir: \"off\"\nescalation:\n  enabled: false\n")
+        .start();
+    let base = std::fs::read_to_string(&v.config_path).expect("config");
+    std::fs::write(&v.config_path, with_models(&base, &a)).expect("write");
+    v.signal(libc::SIGHUP);
+    assert!(v.wait_log("Model set reloaded"), "{}", v.stderr());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let stop = stop.clone();
+            let addr = v.addr;
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let r = crate::harness::send(
+                        addr,
+                        &format!("GET /products/{i}?page={c} HTTP/1.1\r\nHost: shop\r\nX-Request-Id: load-{c}-{i}\r\nConnection: close\r\n\r\n"),
+                    );
+                    statuses.push(r.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Swap between the two sets a few times, each swap completing while the clients send.
+    for n in 0..4 {
+        let dir = if n % 2 == 0 { &b } else { &a };
+        std::fs::write(&v.config_path, with_models(&base, dir)).expect("write");
+        v.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while v.stderr().matches("Model set reloaded").count() < n + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "reload {n} never completed:\n{}",
+                v.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    assert!(statuses.len() > 40, "{} requests", statuses.len());
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "every request under reloads succeeds: {:?}",
+        statuses.iter().filter(|&&s| s != 200).collect::<Vec<_>>()
+    );
+
+    // Each request names one model set on its way upstream, and its decision line names the
+    // same one: the pre-upstream and post-response stages used the same set.
+    let seen: std::collections::HashMap<String, String> = up
+        .seen()
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.header("x-request-id")?.to_string(),
+                s.header("x-vigil-model")?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        seen.len(),
+        statuses.len(),
+        "every request carried x-vigil-model"
+    );
+    let decisions = v.decisions(statuses.len() + 1);
+    let mut versions = std::collections::HashSet::new();
+    for d in decisions.iter().filter(|d| {
+        d["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("load-"))
+    }) {
+        let id = d["request_id"].as_str().expect("id");
+        let logged = d["rules_version"].as_str().expect("version");
+        assert_eq!(seen.get(id).map(String::as_str), Some(logged), "{id}");
+        versions.insert(logged.to_string());
+    }
+    assert!(
+        versions.len() >= 2,
+        "both model sets served: {versions:?}\n{}",
+        v.stderr()
+    );
+}
+
+#[test]
+fn a_corrupt_model_file_is_refused_with_its_path_and_the_old_set_keeps_serving() {
+    use crate::harness::{repo, train_models};
+    let sets = tempfile::tempdir().expect("tempdir");
+    let dir = sets.path().join("m");
+    train_models(&dir, &repo().join("tests/data/access_log.sample.log"));
+    let up = Upstream::start();
+    let v = Setup::new(up.addr)
+        .policy("policy:\n  mode: tag\n")
+        .learning(&format!(
+            "models:\n  dir: {}\nescalation:\n  enabled: false\n",
+            dir.display()
+        ))
+        .start();
+    v.get("/products/1");
+    let before = up
+        .last()
+        .header("x-vigil-model")
+        .expect("model")
+        .to_string();
+    assert!(before.contains('+'), "a learned set is loaded: {before}");
+
+    let f = dir.join("forest_post.json");
+    let bytes = std::fs::read(&f).expect("read");
+    std::fs::write(&f, &bytes[..bytes.len() / 3]).expect("truncate");
+    v.signal(libc::SIGHUP);
+    assert!(
+        v.wait_log("forest_post.json"),
+        "the refusal names the file:\n{}",
+        v.stderr()
+    );
+    v.get("/products/2");
+    assert_eq!(
+        up.last().header("x-vigil-model"),
+        Some(before.as_str()),
+        "the old set keeps serving"
+    );
+}
