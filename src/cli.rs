@@ -345,6 +345,7 @@ fn eval_traffic(
         train_share,
         &crate::learn::TrainConfig {
             rule_threshold: cfg.policy.threshold,
+            session: cfg.sessions.clone(),
             ..Default::default()
         },
         |stage, done, total| bar.show(stage, done, total),
@@ -436,6 +437,7 @@ fn train(
     let records = read_records(logs)?;
     let mut tc = crate::learn::TrainConfig {
         rule_threshold: cfg.policy.threshold,
+        session: cfg.sessions.clone(),
         ..Default::default()
     };
     tc.forest.target_fpr = target_fpr;

@@ -177,12 +177,12 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     let arrival = sessions.with(&key, now, |c| {
         arrive(c, &facts, template, vocabulary, now, window)
     });
-    let (escalated, pre_vec) = (arrival.escalated, arrival.features);
+    let escalated = arrival.escalated;
 
-    let transformer = None;
+    let mut transformer = None;
     if let Some(l) = learned {
         if ens.forest.enabled {
-            let s = l.pre.score(&pre_vec);
+            let s = l.pre.score(&arrival.features);
             scores.push(DetectorScore::new(
                 DetectorKind::ForestPre,
                 &ens.forest,
@@ -190,6 +190,19 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
                 s.raw,
                 s.threshold,
             ));
+        }
+        if let Some(t) = l.transformer.as_ref().filter(|_| ens.transformer.enabled) {
+            if let Some(s) = t.score(&arrival.context, arrival.whole_history, template) {
+                let d = DetectorScore::new(
+                    DetectorKind::Transformer,
+                    &ens.transformer,
+                    s.score,
+                    s.nll,
+                    s.threshold,
+                );
+                transformer = Some(d);
+                scores.push(d);
+            }
         }
     }
     let verdict = ensemble::combine(ens, scores, decision.attack);
@@ -201,7 +214,7 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
         escalated,
         session_key: key,
         now,
-        features: learned.map(|_| pre_vec),
+        features: learned.map(|_| arrival.features),
         transformer,
     }
 }

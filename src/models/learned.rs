@@ -1,7 +1,8 @@
 //! On-disk form of the learned detectors: `vocabulary.json`, `forest_pre.json`,
-//! `forest_post.json` and `manifest.json` (format and features versions, creation time,
-//! training summary, sha256 of every file). Loading checks every hash and names the file that
-//! is missing, truncated, corrupt or from another features version.
+//! `forest_post.json`, optionally `transformer.onnx` with `transformer.json` (its calibration),
+//! and `manifest.json` (format and features versions, creation time, training summary, sha256
+//! of every file, canaries). Loading checks every hash, names the file that is missing,
+//! truncated, corrupt or from another features version, and replays the canaries.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::detectors::forest::ForestModel;
+use crate::detectors::transformer::{NllCalibration, SequenceModel, Transformer};
 use crate::features::{FEATURES_VERSION, POST, PRE};
 use crate::template::Vocabulary;
 
@@ -24,6 +26,9 @@ pub struct TrainingSummary {
     pub first_time: String,
     pub last_time: String,
     pub features_version: u32,
+    /// Whether a transformer was trained (a small log may not have enough clients for it).
+    #[serde(default)]
+    pub transformer: bool,
 }
 
 /// The learned detectors of a model set.
@@ -35,6 +40,10 @@ pub struct Learned {
     pub summary: TrainingSummary,
     /// Names this vocabulary in client sessions, whose template windows hold its ids.
     pub vocabulary_tag: u64,
+    /// The sequence model, when the set has one.
+    pub transformer: Option<Transformer>,
+    /// Its ONNX file, kept to be written out with the set.
+    pub transformer_onnx: Option<Vec<u8>>,
 }
 
 impl Learned {
@@ -53,8 +62,16 @@ impl Learned {
             post,
             summary,
             vocabulary_tag: tag,
+            transformer: None,
+            transformer_onnx: None,
         }
     }
+}
+
+/// `transformer.json`: what serving needs besides the ONNX graph.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TransformerMeta {
+    calibration: NllCalibration,
 }
 
 /// First 8 bytes of the sha256 of a file: stable across processes, unlike `DefaultHasher`.
@@ -67,6 +84,8 @@ fn tag_of(bytes: &[u8]) -> u64 {
 
 pub const FORMAT_VERSION: u32 = 1;
 const FILES: [&str; 3] = ["vocabulary.json", "forest_pre.json", "forest_post.json"];
+const ONNX: &str = "transformer.onnx";
+const TRANSFORMER_META: &str = "transformer.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnedError {
@@ -115,6 +134,9 @@ pub struct Canary {
     pub template: String,
     pub forest_pre: f64,
     pub forest_post: f64,
+    /// The transformer's NLL (absent in sets without one).
+    #[serde(default)]
+    pub nll: Option<f64>,
 }
 
 /// How many training records become canaries.
@@ -138,16 +160,24 @@ pub fn canary_outputs(learned: &Learned, records: &[crate::record::Record]) -> V
                 target: target.as_bytes(),
                 unknown_template: template == crate::template::TemplateId::UNKNOWN,
             };
-            let (pre, post) = sessions.with(&r.client, now, |c| {
+            let (a, post) = sessions.with(&r.client, now, |c| {
                 let a = crate::pipeline::arrive(c, &facts, template, 0, now, window);
                 let post = crate::pipeline::respond(c, &a.features, r.status, r.bytes, now);
-                (a.features, post)
+                (a, post)
+            });
+            let nll = learned.transformer.as_ref().and_then(|t| {
+                let ctx: Vec<u32> = a.context.iter().map(|t| t.0).collect();
+                t.model
+                    .nll(&ctx, a.whole_history, template.0)
+                    .ok()
+                    .map(f64::from)
             });
             Canary {
                 line: r.to_combined(),
                 template: learned.vocabulary.text(template).to_string(),
-                forest_pre: learned.pre.score(&pre).raw,
+                forest_pre: learned.pre.score(&a.features).raw,
                 forest_post: learned.post.score(&post).raw,
+                nll,
             }
         })
         .collect()
@@ -188,6 +218,14 @@ fn self_check(learned: &Learned, manifest: &Manifest, path: &Path) -> Result<(),
             if !(g.is_finite() && (0.0..=1.0).contains(&g)) || (w - g).abs() > 1e-9 {
                 return Err(fail(format!("{name} score {g}, recorded {w}")));
             }
+        }
+        match (want.nll, got.nll) {
+            (None, None) => {}
+            // Inference is float32 and may use other kernels on another CPU: a small
+            // tolerance, far below any difference a foreign or damaged model makes.
+            (Some(w), Some(g))
+                if g.is_finite() && g >= 0.0 && (w - g).abs() <= 1e-3 * (1.0 + w.abs()) => {}
+            (w, g) => return Err(fail(format!("transformer NLL {g:?}, recorded {w:?}"))),
         }
     }
     Ok(())
@@ -240,11 +278,30 @@ pub fn save(
         serde_json::to_vec(&learned.post),
     ];
     let mut files = BTreeMap::new();
-    for (name, body) in FILES.iter().zip(bodies) {
+    let mut write = |name: &str, body: &[u8]| -> Result<(), LearnedError> {
         let path = dir.join(name);
-        let body = body.map_err(|e| file_err(&path, e))?;
-        std::fs::write(&path, &body).map_err(|e| file_err(&path, e))?;
-        files.insert(name.to_string(), sha256_hex(&body));
+        std::fs::write(&path, body).map_err(|e| file_err(&path, e))?;
+        files.insert(name.to_string(), sha256_hex(body));
+        Ok(())
+    };
+    for (name, body) in FILES.iter().zip(bodies) {
+        let body = body.map_err(|e| file_err(&dir.join(name), e))?;
+        write(name, &body)?;
+    }
+    // A set without a transformer must not leave an older set's transformer beside it.
+    for stale in [ONNX, TRANSFORMER_META] {
+        let p = dir.join(stale);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| file_err(&p, e))?;
+        }
+    }
+    if let (Some(t), Some(onnx)) = (&learned.transformer, &learned.transformer_onnx) {
+        write(ONNX, onnx)?;
+        let meta = serde_json::to_vec_pretty(&TransformerMeta {
+            calibration: t.calibration,
+        })
+        .map_err(|e| file_err(&dir.join(TRANSFORMER_META), e))?;
+        write(TRANSFORMER_META, &meta)?;
     }
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -298,7 +355,32 @@ pub fn load(dir: &Path) -> Result<(Learned, Manifest), LearnedError> {
     vocabulary.index();
     let pre = serde_json::from_slice(&read(FILES[1])?).map_err(|e| parse_err(FILES[1], e))?;
     let post = serde_json::from_slice(&read(FILES[2])?).map_err(|e| parse_err(FILES[2], e))?;
-    let learned = Learned::new(vocabulary, pre, post, manifest.training.clone());
+    let mut learned = Learned::new(vocabulary, pre, post, manifest.training.clone());
+    if manifest.files.contains_key(ONNX) {
+        let onnx = read(ONNX)?;
+        let meta: TransformerMeta = serde_json::from_slice(&read(TRANSFORMER_META)?)
+            .map_err(|e| parse_err(TRANSFORMER_META, e))?;
+        if !meta.calibration.valid() {
+            return Err(file_err(
+                &dir.join(TRANSFORMER_META),
+                "calibration out of range",
+            ));
+        }
+        let model = SequenceModel::load(&onnx, &dir.join(ONNX))
+            .map_err(|e| file_err(&dir.join(ONNX), e))?;
+        if model.n_templates() < learned.vocabulary.len() {
+            return Err(file_err(
+                &dir.join(ONNX),
+                format!(
+                    "knows {} templates but the vocabulary has {}: it belongs to another model set",
+                    model.n_templates(),
+                    learned.vocabulary.len()
+                ),
+            ));
+        }
+        learned.transformer = Some(Transformer::new(model, meta.calibration));
+        learned.transformer_onnx = Some(onnx);
+    }
     self_check(&learned, &manifest, &mpath)?;
     Ok((learned, manifest))
 }

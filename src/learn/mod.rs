@@ -4,6 +4,8 @@
 //! `vigil score` uses, which runs the same per-request steps as the proxy will. No I/O here:
 //! the caller reads logs and writes models.
 
+pub mod transformer;
+
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
@@ -21,6 +23,7 @@ pub struct Trained {
     pub learned: Learned,
     pub canaries: Vec<Canary>,
 }
+use crate::detectors::transformer::Transformer;
 use crate::pipeline;
 use crate::record::Record;
 use crate::session::{SessionConfig, Sessions};
@@ -34,6 +37,10 @@ pub enum LearnError {
     PreForest(ForestError),
     #[error("post-response forest: {0}")]
     PostForest(ForestError),
+    #[error("transformer: {0}")]
+    Transformer(#[from] transformer::LmTrainError),
+    #[error("transformer: the trained model does not load: {0}")]
+    TransformerLoad(#[from] crate::detectors::transformer::TransformerError),
 }
 
 /// Everything training needs to know.
@@ -44,6 +51,10 @@ pub struct TrainConfig {
     pub forest: TrainOptions,
     /// Rule score at or above which a request is left out of training.
     pub rule_threshold: u32,
+    /// `None`: no transformer (the forests and templates only).
+    pub lm: Option<transformer::LmConfig>,
+    /// Share of clients held out of the transformer's training to calibrate its threshold.
+    pub calibration_share: f64,
 }
 
 impl Default for TrainConfig {
@@ -53,6 +64,8 @@ impl Default for TrainConfig {
             session: SessionConfig::default(),
             forest: TrainOptions::default(),
             rule_threshold: 5,
+            lm: Some(transformer::LmConfig::default()),
+            calibration_share: 0.1,
         }
     }
 }
@@ -134,6 +147,9 @@ pub fn train(
     progress("templates", clean.len(), clean.len());
 
     let sessions = Sessions::new(cfg.session.clone());
+    // Per client: its templates, split into sessions where it was idle longer than the
+    // session TTL (the proxy forgets it then, and its next request starts afresh).
+    let mut sequences: std::collections::HashMap<u64, (f64, Vec<Vec<u32>>)> = Default::default();
     let mut pre = Vec::with_capacity(clean.len());
     let mut post = Vec::with_capacity(clean.len());
     let mut unknown = 0usize;
@@ -142,6 +158,17 @@ pub fn train(
         let (key, template, p, q) = step(&vocabulary, &sessions, r);
         let c = client_hash(&key);
         clients.insert(c);
+        let now = record_time(r);
+        let (last, seqs) = sequences
+            .entry(c)
+            .or_insert_with(|| (f64::NEG_INFINITY, Vec::new()));
+        if seqs.is_empty() || now - *last > cfg.session.idle_ttl {
+            seqs.push(Vec::new());
+        }
+        if let Some(s) = seqs.last_mut() {
+            s.push(template.0);
+        }
+        *last = now;
         unknown += (template == TemplateId::UNKNOWN) as usize;
         pre.push((c, p));
         post.push((c, q));
@@ -170,12 +197,105 @@ pub fn train(
             .map(|r| r.time.to_rfc3339())
             .unwrap_or_default(),
         features_version: FEATURES_VERSION,
+        transformer: false,
     };
-    let learned = Learned::new(vocabulary, pre_model, post_model, summary);
+    let (transformer, onnx) = match &cfg.lm {
+        Some(lm) => match train_transformer(
+            sequences.into_iter().map(|(c, (_, s))| (c, s)).collect(),
+            vocabulary.len(),
+            lm,
+            cfg,
+            &mut progress,
+        ) {
+            Ok((t, bytes)) => (Some(t), Some(bytes)),
+            // A log too small for a sequence model still makes useful templates and forests.
+            Err(LearnError::Transformer(e @ transformer::LmTrainError::NotEnoughData(_))) => {
+                tracing::warn!(reason = %e, "The model set is written without a transformer.");
+                (None, None)
+            }
+            Err(e) => return Err(e),
+        },
+        None => (None, None),
+    };
+    let mut summary = summary;
+    summary.transformer = transformer.is_some();
+    let mut learned = Learned::new(vocabulary, pre_model, post_model, summary);
+    learned.transformer = transformer;
+    learned.transformer_onnx = onnx;
     // Canaries: the earliest clean records, so that they include clients' first requests.
     let first: Vec<Record> = clean.iter().take(CANARIES).map(|r| (*r).clone()).collect();
     let canaries = canary_outputs(&learned, &first);
     Ok(Trained { learned, canaries })
+}
+
+/// Train the sequence model on most clients and calibrate it on the requests of the others.
+fn train_transformer(
+    mut clients: Vec<(u64, Vec<Vec<u32>>)>,
+    vocab: usize,
+    lm: &transformer::LmConfig,
+    cfg: &TrainConfig,
+    progress: &mut impl FnMut(&str, usize, usize),
+) -> Result<(Transformer, Vec<u8>), LearnError> {
+    use crate::detectors::transformer::{NllCalibration, SequenceModel};
+    // Deterministic order (the map's is not), then every k-th client held out.
+    clients.sort_by_key(|(c, _)| *c);
+    let every = ((1.0 / cfg.calibration_share.clamp(0.02, 0.5)).round() as usize).max(2);
+    // With fewer than `every` clients, the last one is held out.
+    let every = every.min(clients.len()).max(2);
+    let mut train = Vec::new();
+    let mut hold = Vec::new();
+    for (i, (_, seqs)) in clients.into_iter().enumerate() {
+        if i % every == every - 1 {
+            hold.extend(seqs);
+        } else {
+            train.extend(seqs);
+        }
+    }
+    let (onnx, report) = transformer::train(&train, vocab, lm, |epoch, batch, batches| {
+        progress(&format!("transformer {epoch}"), batch, batches)
+    })?;
+    tracing::info!(
+        windows = report.windows,
+        epochs = report.epochs_run,
+        best_epoch = report.best_epoch,
+        validation_loss = report
+            .validation_loss
+            .get(report.best_epoch.saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN),
+        seconds = report.seconds,
+        "Transformer trained."
+    );
+    let model = SequenceModel::load(&onnx, std::path::Path::new("transformer.onnx"))?;
+    // Every request of the held-out clients, scored as the proxy would: with the client's
+    // previous templates as context, BOS while the whole history fits.
+    let mut items: Vec<(&[u32], bool, u32)> = Vec::new();
+    for s in &hold {
+        for i in 0..s.len() {
+            items.push((&s[..i], true, s[i]));
+        }
+    }
+    let cap = 40_000;
+    if items.len() > cap {
+        let step = items.len() as f64 / cap as f64;
+        items = (0..cap)
+            .map(|k| items[(k as f64 * step) as usize])
+            .collect();
+    }
+    progress("calibrate", 0, 1);
+    let nlls = model.nll_batch(&items)?;
+    progress("calibrate", 1, 1);
+    let calibration = NllCalibration::from_nlls(
+        nlls.into_iter().map(f64::from).collect(),
+        cfg.forest.target_fpr,
+    )
+    .ok_or_else(|| {
+        transformer::LmTrainError::NotEnoughData(format!(
+            "{} held-out requests to calibrate on; need at least 50",
+            items.len()
+        ))
+    })?;
+    Ok((Transformer::new(model, calibration), onnx))
 }
 
 #[cfg(test)]
