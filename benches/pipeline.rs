@@ -118,6 +118,46 @@ fn bench_stages(c: &mut Criterion) {
     });
     g.finish();
 
+    if let Some(t) = &learned.transformer {
+        let n = learned.vocabulary.len() as u32;
+        let contexts: Vec<Vec<u32>> = (0..64u32)
+            .map(|k| (0..19u32).map(|j| (k * 7 + j * 3) % n).collect())
+            .collect();
+        let mut g = c.benchmark_group("transformer");
+        g.throughput(Throughput::Elements(1));
+        // Every call runs the model (what a cache miss costs), full window of context.
+        g.bench_function("inference_full_window", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % contexts.len();
+                t.model.nll(black_box(&contexts[i]), false, 3 % n)
+            })
+        });
+        // A client's third request: a short context after BOS (the partial-window plan).
+        g.bench_function("inference_session_start", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % contexts.len();
+                t.model.nll(black_box(&contexts[i][..2]), true, 3 % n)
+            })
+        });
+        // The detector as the pipeline calls it, on a repeating browsing session.
+        let session: Vec<TemplateId> = TARGETS
+            .iter()
+            .map(|p| learned.vocabulary.lookup("GET", p))
+            .collect();
+        g.bench_function("score_cached_session", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % session.len();
+                let ctx: Vec<TemplateId> =
+                    (0..19).map(|k| session[(i + k) % session.len()]).collect();
+                t.score(black_box(&ctx), false, session[i])
+            })
+        });
+        g.finish();
+    }
+
     let pre = features::pre(&facts, Some(&state), 20);
     let post = features::post(&pre, 200, 5120, &state, 21.0);
     let mut g = c.benchmark_group("forest");
@@ -158,5 +198,36 @@ fn bench_model_set(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_stages, bench_model_set);
+/// Not a timing: the resident memory one client's session state costs, printed once.
+fn session_memory(_: &mut Criterion) {
+    fn rss() -> usize {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .map_or(0, |pages| pages * 4096)
+    }
+    let cfg = vigil::session::SessionConfig::default();
+    let sessions = Sessions::new(cfg.clone());
+    let before = rss();
+    let n = 100_000u32;
+    for i in 0..n {
+        let key = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+        sessions.with(&key, 1.0, |c| {
+            for k in 0..cfg.window as u32 {
+                c.observe_request(1.0 + k as f64, TemplateId(k), cfg.window);
+                c.observe_response(1.0 + k as f64, 200, 1000);
+            }
+        });
+    }
+    let after = rss();
+    println!(
+        "session memory: {} clients with full {}-template windows: {:.1} MB resident, {} bytes per client",
+        sessions.len(),
+        cfg.window,
+        (after - before) as f64 / 1e6,
+        (after - before) / n as usize
+    );
+}
+
+criterion_group!(benches, session_memory, bench_stages, bench_model_set);
 criterion_main!(benches);

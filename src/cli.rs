@@ -55,9 +55,15 @@ pub enum Command {
         /// Configuration whose rule packs and threshold decide what is excluded from training.
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
-        /// Target false-positive rate the forests are calibrated to.
+        /// Target false-positive rate the forests and the transformer are calibrated to.
         #[arg(long, default_value_t = 0.005)]
         target_fpr: f64,
+        /// Templates kept (most frequent first); rarer routes become the unknown template.
+        #[arg(long, default_value_t = 2000)]
+        max_templates: usize,
+        /// Skip the transformer (templates and forests only).
+        #[arg(long)]
+        no_transformer: bool,
     },
     /// Score an existing combined-format log offline (post-response stage, the log's own
     /// timestamps as the clock) and write one JSON object per input line, in input order.
@@ -186,7 +192,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             out,
             config,
             target_fpr,
-        } => train(&log, &out, &config, target_fpr),
+            max_templates,
+            no_transformer,
+        } => train(
+            &log,
+            &out,
+            &config,
+            target_fpr,
+            max_templates,
+            !no_transformer,
+        ),
         Command::Score {
             models,
             config,
@@ -429,7 +444,15 @@ fn train(
     out: &std::path::Path,
     config: &std::path::Path,
     target_fpr: f64,
+    max_templates: usize,
+    with_transformer: bool,
 ) -> anyhow::Result<i32> {
+    if !(target_fpr > 0.0 && target_fpr <= 0.5) {
+        bail!("--target-fpr must be in (0, 0.5], got {target_fpr}");
+    }
+    if max_templates == 0 {
+        bail!("--max-templates must be at least 1");
+    }
     let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rules = RuleSet::load(&cfg.rules.paths)
         .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?;
@@ -441,6 +464,10 @@ fn train(
         ..Default::default()
     };
     tc.forest.target_fpr = target_fpr;
+    tc.miner.max_templates = max_templates;
+    if !with_transformer {
+        tc.lm = None;
+    }
     let mut bar = Progress::default();
     let trained = crate::learn::train(
         &records,
@@ -453,8 +480,17 @@ fn train(
     let learned = &trained.learned;
     let manifest = crate::models::learned::save(learned, trained.canaries.clone(), out)?;
     let s = &manifest.training;
+    let transformer = match &learned.transformer {
+        Some(t) => format!(
+            "transformer W {} over {} tokens, NLL threshold {:.2} nats",
+            t.model.window(),
+            t.model.vocab(),
+            t.calibration.threshold
+        ),
+        None => "no transformer".to_string(),
+    };
     println!(
-        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; forest thresholds pre {:.4} / post {:.4}; {:.1} s; written to {}",
+        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; forest thresholds pre {:.4} / post {:.4}; {transformer}; {:.1} s; written to {}",
         s.records - s.excluded_by_rules,
         s.records,
         s.excluded_by_rules,

@@ -375,6 +375,27 @@ impl Vigil {
         }
     }
 
+    /// The decision line of one request (waits until it is written).
+    pub fn decision(&self, request_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(self.path("decisions.jsonl")).unwrap_or_default();
+            let found = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|d| d["request_id"] == request_id);
+            if let Some(d) = found {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no decision line for {request_id}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn access_lines(&self, n: usize) -> Vec<String> {
         self.lines("access.log", n)
     }

@@ -1,0 +1,259 @@
+//! The research prototype's demonstration scenarios, asserted through the real proxy with the
+//! shipped model set (`models/`, trained by `vigil train` on the simulated shop). The
+//! prototype's generic API paths are mapped onto the shop's routes, which the model knows;
+//! the upstream answers with the statuses each scenario gives (`x-test-status`). Clients are
+//! told apart by `X-Forwarded-For` from a trusted loopback proxy.
+
+use crate::harness::{send, Setup, Upstream, Vigil};
+
+const APP_UA: &str = "ShopApp/5.3.1 (Android 14; Pixel 7) okhttp/4.12.0";
+const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/129.0.0.0 Safari/537.36";
+
+fn start(up: &Upstream, mode: &str) -> Vigil {
+    Setup::new(up.addr)
+        .policy(&format!("policy:\n  mode: {mode}\n"))
+        .learning("models:\n  dir: {repo}/models\nescalation:\n  enabled: true\n  after: 2\n  duration_secs: 600\n  action: block\n")
+        .start_with_trusted()
+}
+
+/// One request from `client`; returns the status and the decision line for it.
+fn req(
+    v: &Vigil,
+    client: &str,
+    method: &str,
+    target: &str,
+    ua: &str,
+    status: u16,
+) -> (u16, serde_json::Value) {
+    let id = format!("s-{}", rand_id());
+    let body = if method == "POST" || method == "PUT" {
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\na=1&b=2"
+    } else {
+        "\r\n"
+    };
+    let r = send(
+        v.addr,
+        &format!(
+            "{method} {target} HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: {ua}\r\nX-Forwarded-For: {client}\r\nX-Request-Id: {id}\r\nX-Test-Status: {status}\r\nConnection: close\r\n{body}"
+        ),
+    );
+    let d = v.decision(&id);
+    (r.status, d)
+}
+
+fn rand_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn flagged(d: &serde_json::Value) -> bool {
+    d["anomaly"] == true || d["escalated"] == true || d["attack"] == true
+}
+
+fn fused(d: &serde_json::Value) -> f64 {
+    let pre = d["pre"]["score"].as_f64().unwrap_or(0.0);
+    let post = d["post"]["score"].as_f64().unwrap_or(0.0);
+    pre.max(post)
+}
+
+#[test]
+fn scenario_1_a_normal_api_workflow_is_not_flagged() {
+    let up = Upstream::start();
+    let v = start(&up, "block");
+    let c = "203.0.113.10";
+    for page in 1..=3 {
+        let (s, d) = req(
+            &v,
+            c,
+            "GET",
+            &format!("/api/v1/products?page={page}&limit=24"),
+            APP_UA,
+            200,
+        );
+        assert_eq!(s, 200, "{d}");
+        assert!(!flagged(&d), "normal API call flagged: {d}");
+    }
+    for _ in 0..2 {
+        let (s, d) = req(&v, c, "GET", "/api/v1/users/me", APP_UA, 200);
+        assert_eq!(s, 200, "{d}");
+        assert!(!flagged(&d), "normal API call flagged: {d}");
+    }
+}
+
+#[test]
+fn scenarios_2_and_3_injection_and_traversal_are_blocked() {
+    let up = Upstream::start();
+    let v = start(&up, "block");
+    let (s, d) = req(
+        &v,
+        "203.0.113.20",
+        "GET",
+        "/search?q=1%27%20UNION%20SELECT%20email,password_hash%20FROM%20users--",
+        BROWSER_UA,
+        200,
+    );
+    assert_eq!(s, 403, "{d}");
+    assert_eq!(d["action"], "block");
+    for target in [
+        "/api/v1/products/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/static/..%252f..%252f..%252fetc%252fpasswd",
+        "/download?file=....//....//etc/passwd",
+    ] {
+        let (s, d) = req(&v, "203.0.113.21", "GET", target, BROWSER_UA, 200);
+        assert_eq!(s, 403, "{target}: {d}");
+    }
+    assert_eq!(up.count(), 0, "no attack reached the application");
+}
+
+#[test]
+fn scenario_4_endpoint_enumeration_is_flagged_and_the_client_escalated() {
+    let up = Upstream::start();
+    let v = start(&up, "block");
+    let c = "198.51.100.44";
+    let mut any = false;
+    for target in [
+        "/api/admin",
+        "/config",
+        "/backup",
+        "/debug",
+        "/test",
+        "/dev",
+    ] {
+        let (_, d) = req(&v, c, "GET", target, BROWSER_UA, 403);
+        any |= flagged(&d);
+    }
+    assert!(any, "the enumeration is flagged");
+    let (s, d) = req(&v, c, "GET", "/products/1042", BROWSER_UA, 200);
+    assert_eq!(d["escalated"], true, "the client is escalated: {d}");
+    assert_eq!(s, 403, "and its next request gets the escalated action");
+    // Another client is not affected.
+    let (s, d) = req(
+        &v,
+        "198.51.100.45",
+        "GET",
+        "/products/1042",
+        BROWSER_UA,
+        200,
+    );
+    assert_eq!(s, 200, "{d}");
+    assert!(!flagged(&d), "{d}");
+}
+
+#[test]
+fn scenario_5_brute_force_logins_are_flagged() {
+    let up = Upstream::start();
+    let v = start(&up, "detect");
+    let c = "192.0.2.55";
+    let mut flags = 0;
+    for _ in 0..5 {
+        let (_, d) = req(&v, c, "POST", "/login", BROWSER_UA, 401);
+        flags += flagged(&d) as usize;
+    }
+    let (_, last) = req(&v, c, "POST", "/login", BROWSER_UA, 200);
+    flags += flagged(&last) as usize;
+    assert!(flags >= 2, "brute force flagged on {flags} of 6 requests");
+    assert!(
+        flagged(&last),
+        "the login that finally works is flagged too: {last}"
+    );
+}
+
+#[test]
+fn scenario_6_an_out_of_order_call_is_flagged() {
+    let up = Upstream::start();
+    let v = start(&up, "detect");
+    let (_, d) = req(
+        &v,
+        "192.0.2.66",
+        "POST",
+        "/checkout/payment",
+        BROWSER_UA,
+        200,
+    );
+    assert!(
+        flagged(&d),
+        "payment with no cart or checkout before it: {d}"
+    );
+    let t = &d["pre"]["detectors"];
+    assert!(
+        t.as_array().is_some_and(|a| a
+            .iter()
+            .any(|x| x["detector"] == "transformer" && x["vote"] == true)),
+        "the transformer is the one that sees it: {d}"
+    );
+}
+
+#[test]
+fn scenario_7_context_lowers_the_score_of_the_same_request() {
+    let up = Upstream::start();
+    let v = start(&up, "detect");
+    let (_, cold) = req(&v, "192.0.2.70", "GET", "/admin/orders", BROWSER_UA, 200);
+    let staff = "192.0.2.71";
+    req(&v, staff, "GET", "/admin/login", BROWSER_UA, 200);
+    req(&v, staff, "POST", "/admin/login", BROWSER_UA, 302);
+    req(&v, staff, "GET", "/admin", BROWSER_UA, 200);
+    let (_, warm) = req(&v, staff, "GET", "/admin/orders", BROWSER_UA, 200);
+    let nll = |d: &serde_json::Value| {
+        d["pre"]["detectors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["detector"] == "transformer"))
+            .and_then(|x| x["raw"].as_f64())
+            .expect("transformer score")
+    };
+    assert!(
+        nll(&warm) + 1.0 < nll(&cold),
+        "after the admin login the page is expected: {} vs {}",
+        nll(&warm),
+        nll(&cold)
+    );
+    assert!(
+        fused(&warm) < fused(&cold),
+        "{} vs {}",
+        fused(&warm),
+        fused(&cold)
+    );
+}
+
+#[test]
+fn scores_evolve_within_a_session_and_sessions_are_independent() {
+    let up = Upstream::start();
+    let v = start(&up, "detect");
+    let scanner = "198.51.100.90";
+    let shopper = "198.51.100.91";
+    let mut scan = Vec::new();
+    let paths = [
+        "/old/",
+        "/backup.zip",
+        "/admin.php",
+        "/wp-login.php",
+        "/phpmyadmin/",
+        "/.svn/entries",
+        "/test2/",
+        "/portal",
+        "/cgi-bin/x",
+        "/v1/",
+    ];
+    for (i, p) in paths.iter().enumerate() {
+        let (_, d) = req(&v, scanner, "GET", p, BROWSER_UA, 404);
+        scan.push(fused(&d));
+        // The shopper browses meanwhile and stays unflagged.
+        let page = ["/", "/products", "/products/1042", "/cart"][i % 4];
+        let (_, s) = req(&v, shopper, "GET", page, BROWSER_UA, 200);
+        assert!(
+            !flagged(&s),
+            "the shopper is judged on its own session: {s}"
+        );
+        assert_eq!(s["escalated"], false);
+    }
+    let early = scan[..3].iter().sum::<f64>() / 3.0;
+    let late = scan[scan.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        late > early,
+        "the scan's scores rise as it goes on: {scan:?}"
+    );
+}
