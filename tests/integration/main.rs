@@ -11,4 +11,3 @@ mod logs;
 mod policy;
 mod proxying;
 mod reload;
-mod scenarios;
