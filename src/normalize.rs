@@ -98,6 +98,15 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
             break;
         }
     }
+    // JavaScript/Java/JSON escapes (`\u006a`, `\x3c`): Log4j lookups, JSON bodies and
+    // script contexts decode them, so payloads arrive hidden in them.
+    if escape_decode(&cur, &mut next) {
+        std::mem::swap(&mut cur, &mut next);
+        let (changed, _) = percent_decode(&cur, false, &mut next);
+        if changed {
+            std::mem::swap(&mut cur, &mut next);
+        }
+    }
     for _ in 0..2 {
         if !html_entity_decode(&cur, &mut next) {
             break;
@@ -120,6 +129,9 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
             0 => {
                 anomalies.null_byte = true;
             }
+            // Other control characters are dropped as NUL is (`..%01/`): parsers and browsers
+            // skip many of them, and no attack needs them to be kept.
+            0x01..=0x08 | 0x0e..=0x1f | 0x7f => {}
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
                 if !last_space {
                     next.push(b' ');
@@ -208,6 +220,21 @@ pub fn percent_decode(input: &[u8], plus_as_space: bool, out: &mut Vec<u8>) -> (
                 changed = true;
                 continue;
             }
+            // IIS decoded `%XY` without checking that X and Y are hex digits, so `%c0%qf`
+            // became C0 AF (an overlong `/`) and `%bg` became C0. That trick was only ever
+            // useful inside an overlong UTF-8 sequence, so only there is it decoded.
+            if let Some(v) = lenient_hex(input.get(i + 1), input.get(i + 2)) {
+                let continues_lead =
+                    matches!(out.last(), Some(0xC0 | 0xC1)) && (0x80..=0xBF).contains(&v);
+                let starts_lead = matches!(v, 0xC0 | 0xC1) && input.get(i + 3) == Some(&b'%');
+                if continues_lead || starts_lead {
+                    a.invalid_percent = true;
+                    out.push(v);
+                    i += 3;
+                    changed = true;
+                    continue;
+                }
+            }
             if matches!(input.get(i + 1), Some(b'u' | b'U')) && input.len() >= i + 6 {
                 let digits = &input[i + 2..i + 6];
                 if let Some(cp) = digits
@@ -235,13 +262,40 @@ pub fn percent_decode(input: &[u8], plus_as_space: bool, out: &mut Vec<u8>) -> (
     (changed, a)
 }
 
-fn push_codepoint(out: &mut Vec<u8>, cp: u32) {
-    // Fullwidth ASCII (U+FF01..U+FF5E) is what IIS-style "best fit" maps to ASCII.
-    let cp = if (0xFF01..=0xFF5E).contains(&cp) {
-        cp - 0xFF01 + 0x21
-    } else {
-        cp
+/// A hex digit as IIS's unchecked decoder computed it: any ASCII letter counts, `g` is 16 and
+/// so on (`%qf` is 26 * 16 + 15, truncated to a byte: AF).
+fn lenient_hex(h: Option<&u8>, l: Option<&u8>) -> Option<u8> {
+    let val = |c: u8| match c {
+        b'0'..=b'9' => Some(u32::from(c - b'0')),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 10),
+        b'A'..=b'Z' => Some(u32::from(c - b'A') + 10),
+        _ => None,
     };
+    let v = val(*h?)? * 16 + val(*l?)?;
+    Some((v & 0xFF) as u8)
+}
+
+/// The ASCII character a Unicode code point stands for where servers and filesystems fold it:
+/// fullwidth forms (U+FF01..U+FF5E, NFKC), small and one-dot-leader forms (NFKC), and the
+/// slash and backslash look-alikes that Windows "best fit" conversion maps to `/` and `\`
+/// (U+2215 DIVISION SLASH, U+2216 SET MINUS, ...).
+fn ascii_lookalike(cp: u32) -> Option<u8> {
+    Some(match cp {
+        0xFF01..=0xFF5E => (cp - 0xFF01 + 0x21) as u8,
+        0x2044 | 0x2215 | 0x2571 | 0x29F8 => b'/',
+        0x2216 | 0x29F5 | 0x29F9 | 0xFE68 => b'\\',
+        0x2024 | 0xFE52 => b'.',
+        0xFE64 => b'<',
+        0xFE65 => b'>',
+        _ => return None,
+    })
+}
+
+fn push_codepoint(out: &mut Vec<u8>, cp: u32) {
+    if let Some(a) = ascii_lookalike(cp) {
+        out.push(a);
+        return;
+    }
     match char::from_u32(cp) {
         Some(c) => {
             let mut buf = [0u8; 4];
@@ -251,50 +305,121 @@ fn push_codepoint(out: &mut Vec<u8>, cp: u32) {
     }
 }
 
-/// Map overlong UTF-8 encodings of ASCII and fullwidth forms to plain ASCII. Returns whether
-/// an overlong sequence was seen.
+/// Map overlong UTF-8 encodings of ASCII, and the Unicode look-alikes of ASCII punctuation
+/// (`ascii_lookalike`), to plain ASCII. Returns whether an overlong sequence was seen.
+///
+/// Overlong forms are decoded the way lax decoders (IIS's among them) did, without checking
+/// that continuation bytes are well formed: `C0 AE`, `C0 2E` and `C0 EE` are all `.` there, and
+/// 4-, 5- and 6-byte forms (`F0 80 80 AE`) too. A lone C0/C1 before an ASCII byte is dropped.
+/// Valid UTF-8 never contains C0, C1 or an overlong form, so real text is not changed.
 fn fold_overlong_and_fullwidth(input: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
     let mut overlong = false;
     let mut i = 0;
     while i < input.len() {
         let b = input[i];
-        if (b == 0xC0 || b == 0xC1) && i + 1 < input.len() && input[i + 1] & 0xC0 == 0x80 {
-            out.push(((b & 0x1F) << 6) | (input[i + 1] & 0x3F));
-            overlong = true;
-            i += 2;
-            continue;
-        }
-        if b == 0xE0
-            && i + 2 < input.len()
-            && input[i + 1] & 0xE0 == 0x80
-            && input[i + 2] & 0xC0 == 0x80
-        {
-            let cp = ((input[i + 1] as u32 & 0x3F) << 6) | (input[i + 2] as u32 & 0x3F);
-            if cp < 0x80 {
-                out.push(cp as u8);
-                overlong = true;
-                i += 3;
-                continue;
+        let cont = |k: usize| input.get(i + k).is_some_and(|c| c & 0xC0 == 0x80);
+        match b {
+            0xC0 | 0xC1 if i + 1 < input.len() => {
+                let c = input[i + 1];
+                let masked = ((b & 1) << 6) | (c & 0x3F);
+                if c & 0xC0 == 0x80 || matches!(masked, b'.' | b'/' | b'\\') {
+                    out.push(masked);
+                    overlong = true;
+                    i += 2;
+                    continue;
+                }
+                if c < 0x80 {
+                    out.push(c);
+                    overlong = true;
+                    i += 2;
+                    continue;
+                }
             }
-        }
-        // U+FF01..U+FF5E encoded as EF BC 81..EF BD 9E.
-        if b == 0xEF
-            && i + 2 < input.len()
-            && (input[i + 1] == 0xBC || input[i + 1] == 0xBD)
-            && input[i + 2] & 0xC0 == 0x80
-        {
-            let cp = 0xF000u32 | ((input[i + 1] as u32 & 0x3F) << 6) | (input[i + 2] as u32 & 0x3F);
-            if (0xFF01..=0xFF5E).contains(&cp) {
-                out.push((cp - 0xFF01 + 0x21) as u8);
-                i += 3;
-                continue;
+            0xE0 if i + 2 < input.len() && input[i + 1] < 0xC0 && cont(2) => {
+                let cp = ((input[i + 1] & 0x3F) as u32) << 6 | (input[i + 2] & 0x3F) as u32;
+                if cp < 0x80 {
+                    out.push(cp as u8);
+                    overlong = true;
+                    i += 3;
+                    continue;
+                }
             }
+            0xF0 | 0xF8 | 0xFC => {
+                // 4-, 5- and 6-byte forms of an ASCII character: the lead's payload bits and
+                // every continuation but the last two are zero.
+                let n = match b {
+                    0xF0 => 4,
+                    0xF8 => 5,
+                    _ => 6,
+                };
+                if (1..n).all(cont)
+                    && input[i + 1..i + n - 2].iter().all(|&c| c == 0x80)
+                    && input[i + n - 2] & 0x3E == 0
+                {
+                    let cp = ((input[i + n - 2] & 0x01) << 6) | (input[i + n - 1] & 0x3F);
+                    out.push(cp);
+                    overlong = true;
+                    i += n;
+                    continue;
+                }
+            }
+            0xE1..=0xEF if cont(1) && cont(2) => {
+                let cp = ((b & 0x0F) as u32) << 12
+                    | ((input[i + 1] & 0x3F) as u32) << 6
+                    | (input[i + 2] & 0x3F) as u32;
+                if let Some(a) = ascii_lookalike(cp) {
+                    out.push(a);
+                    i += 3;
+                    continue;
+                }
+            }
+            _ => {}
         }
         out.push(b);
         i += 1;
     }
     overlong
+}
+
+/// Decode `\uXXXX` and `\xXX` escapes. Returns whether anything was decoded.
+pub fn escape_decode(input: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if !input.contains(&b'\\') {
+        out.extend_from_slice(input);
+        return false;
+    }
+    let mut changed = false;
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'\\' {
+            match input.get(i + 1) {
+                Some(b'u' | b'U') if input.len() >= i + 6 => {
+                    if let Some(cp) = input[i + 2..i + 6]
+                        .iter()
+                        .try_fold(0u32, |acc, &d| hex(d).map(|v| acc << 4 | v as u32))
+                    {
+                        push_codepoint(out, cp);
+                        i += 6;
+                        changed = true;
+                        continue;
+                    }
+                }
+                Some(b'x' | b'X') if input.len() >= i + 4 => {
+                    if let (Some(h), Some(l)) = (hex(input[i + 2]), hex(input[i + 3])) {
+                        out.push(h << 4 | l);
+                        i += 4;
+                        changed = true;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    changed
 }
 
 const NAMED_ENTITIES: &[(&[u8], u8)] = &[
@@ -518,6 +643,53 @@ mod tests {
                 .invalid_percent
         );
         assert!(normalize(b"x%00", Context::Form).anomalies.null_byte);
+    }
+
+    #[test]
+    fn lax_overlong_and_lookalike_separators() {
+        // IIS's unchecked hex digits inside overlong sequences.
+        assert_eq!(
+            dec("..%c0%qf..%c0%9vetc%c1%8spasswd", Context::Form),
+            "../../etc/passwd"
+        );
+        assert_eq!(
+            dec("..%bg%qf..%c1%pcboot.ini", Context::Form),
+            "../../boot.ini"
+        );
+        // Malformed and longer overlong forms.
+        assert_eq!(dec("%c0%2e%c0%2e%c0%2f", Context::Form), "../");
+        assert_eq!(dec("%c0%ee%c0.%c0%5c", Context::Form), "../");
+        assert_eq!(
+            dec("%e0%40%ae%f0%80%80%ae%f8%80%80%80%af", Context::Form),
+            "../"
+        );
+        assert_eq!(
+            dec(
+                "%fc%80%80%80%80%ae%fc%80%80%80%80%ae%f0%80%81%9c",
+                Context::Form
+            ),
+            "../"
+        );
+        // Unicode look-alikes, however they are encoded.
+        assert_eq!(dec("..%u2215..%u2216x", Context::Form), "../../x");
+        assert_eq!(
+            dec("%E2%88%95etc%EF%BC%8Fpasswd", Context::Form),
+            "/etc/passwd"
+        );
+        assert_eq!(dec("%uff0e%uff0e%u2215", Context::Form), "../");
+        // Control characters are dropped like NUL.
+        assert_eq!(dec("..%01/..%1f/", Context::Form), "../../");
+        // JavaScript escapes.
+        assert_eq!(dec("${\\u006a\\u006edi:x}", Context::Plain), "${jndi:x}");
+        assert_eq!(dec("\\x3cscript\\x3e", Context::Plain), "<script>");
+        // The lenient digits are only decoded inside an overlong sequence, and real UTF-8
+        // text is left alone.
+        assert_eq!(dec("100%qf", Context::Form), "100%qf");
+        assert_eq!(
+            dec("caf%C3%A9 %E2%80%93 na%C3%AFve", Context::Form),
+            "café – naïve"
+        );
+        assert_eq!(dec("C:%5Cusers%5Cxampp", Context::Form), "c:/users/xampp");
     }
 
     #[test]
