@@ -50,6 +50,10 @@ pub struct Forms {
     pub decoded: Vec<u8>,
     pub sql: Option<Vec<u8>>,
     pub path: Option<Vec<u8>>,
+    /// The decoded form with JavaScript/JSON/C escapes (`\u006a`, `\x3c`, `\n`) resolved, when
+    /// there are any. Kept apart from `decoded` because in a Windows path (`..\temp`,
+    /// `\xdebug`) the backslash is a separator, not an escape.
+    pub escaped: Option<Vec<u8>>,
     pub anomalies: Anomalies,
 }
 
@@ -63,6 +67,7 @@ impl Forms {
             .into_iter()
             .chain(self.sql.as_deref())
             .chain(self.path.as_deref())
+            .chain(self.escaped.as_deref())
     }
 }
 
@@ -78,6 +83,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
             decoded: Vec::new(),
             sql: None,
             path: None,
+            escaped: None,
             anomalies,
         };
     }
@@ -98,15 +104,6 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
             break;
         }
     }
-    // JavaScript/Java/JSON escapes (`\u006a`, `\x3c`): Log4j lookups, JSON bodies and
-    // script contexts decode them, so payloads arrive hidden in them.
-    if escape_decode(&cur, &mut next) {
-        std::mem::swap(&mut cur, &mut next);
-        let (changed, _) = percent_decode(&cur, false, &mut next);
-        if changed {
-            std::mem::swap(&mut cur, &mut next);
-        }
-    }
     for _ in 0..2 {
         if !html_entity_decode(&cur, &mut next) {
             break;
@@ -118,33 +115,23 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
             std::mem::swap(&mut cur, &mut next);
         }
     }
-    anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&cur, &mut next);
-    std::mem::swap(&mut cur, &mut next);
-
-    // Null bytes removed, backslashes as slashes, whitespace runs folded, ASCII lowercased.
-    next.clear();
-    let mut last_space = false;
-    for &b in &cur {
-        match b {
-            0 => {
-                anomalies.null_byte = true;
-            }
-            // Other control characters are dropped as NUL is (`..%01/`): parsers and browsers
-            // skip many of them, and no attack needs them to be kept.
-            0x01..=0x08 | 0x0e..=0x1f | 0x7f => {}
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
-                if !last_space {
-                    next.push(b' ');
-                }
-                last_space = true;
-                continue;
-            }
-            b'\\' => next.push(b'/'),
-            _ => next.push(b.to_ascii_lowercase()),
+    // JavaScript/Java/JSON/C escapes (`\u006a`, `\x3c`, `\n`): Log4j lookups, JSON and
+    // script contexts, and shells reached through `echo -e` or printf decode them, so payloads
+    // arrive hidden in them. A separate form: see `Forms::escaped`.
+    let escaped = if escape_decode(&cur, &mut next) {
+        let mut e = std::mem::take(&mut next);
+        let (changed, _) = percent_decode(&e, false, &mut next);
+        if changed {
+            std::mem::swap(&mut e, &mut next);
         }
-        last_space = false;
-    }
-    let decoded = next;
+        anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&e, &mut next);
+        Some(finish(&next, &mut anomalies))
+    } else {
+        None
+    };
+    anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&cur, &mut next);
+    let decoded = finish(&next, &mut anomalies);
+    let escaped = escaped.filter(|e| *e != decoded);
 
     let sql = if contains(&decoded, b"/*") {
         Some(strip_sql_comments(&decoded))
@@ -161,8 +148,37 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
         decoded,
         sql,
         path,
+        escaped,
         anomalies,
     }
+}
+
+/// The last stage: NUL and other control bytes removed, backslashes as slashes, whitespace
+/// runs folded to one space, ASCII lower-cased.
+fn finish(input: &[u8], anomalies: &mut Anomalies) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut last_space = false;
+    for &b in input {
+        match b {
+            0 => {
+                anomalies.null_byte = true;
+            }
+            // Other control characters are dropped as NUL is (`..%01/`): parsers and browsers
+            // skip many of them, and no attack needs them to be kept.
+            0x01..=0x08 | 0x0e..=0x1f | 0x7f => {}
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                if !last_space {
+                    out.push(b' ');
+                }
+                last_space = true;
+                continue;
+            }
+            b'\\' => out.push(b'/'),
+            _ => out.push(b.to_ascii_lowercase()),
+        }
+        last_space = false;
+    }
+    out
 }
 
 /// Whether any stage of the pipeline could change `raw` beyond ASCII case.
@@ -382,7 +398,7 @@ fn fold_overlong_and_fullwidth(input: &[u8], out: &mut Vec<u8>) -> bool {
     overlong
 }
 
-/// Decode `\uXXXX` and `\xXX` escapes. Returns whether anything was decoded.
+/// Decode `\uXXXX`, `\xXX`, `\n`, `\r` and `\t` escapes. Returns whether anything was decoded.
 pub fn escape_decode(input: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
     if !input.contains(&b'\\') {
@@ -404,6 +420,16 @@ pub fn escape_decode(input: &[u8], out: &mut Vec<u8>) -> bool {
                         changed = true;
                         continue;
                     }
+                }
+                Some(&c @ (b'n' | b'r' | b't')) => {
+                    out.push(match c {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        _ => b'\t',
+                    });
+                    i += 2;
+                    changed = true;
+                    continue;
                 }
                 Some(b'x' | b'X') if input.len() >= i + 4 => {
                     if let (Some(h), Some(l)) = (hex(input[i + 2]), hex(input[i + 3])) {
@@ -679,9 +705,19 @@ mod tests {
         assert_eq!(dec("%uff0e%uff0e%u2215", Context::Form), "../");
         // Control characters are dropped like NUL.
         assert_eq!(dec("..%01/..%1f/", Context::Form), "../../");
-        // JavaScript escapes.
-        assert_eq!(dec("${\\u006a\\u006edi:x}", Context::Plain), "${jndi:x}");
-        assert_eq!(dec("\\x3cscript\\x3e", Context::Plain), "<script>");
+        // JavaScript escapes, in their own form: the decoded form keeps Windows paths.
+        let esc = |s: &str| {
+            normalize(s.as_bytes(), Context::Plain)
+                .escaped
+                .unwrap_or_default()
+        };
+        assert_eq!(esc("${\\u006a\\u006edi:x}"), b"${jndi:x}");
+        assert_eq!(esc("\\x3cscript\\x3e"), b"<script>");
+        assert_eq!(esc(";id\\n"), b";id ");
+        assert_eq!(
+            dec("..\\..\\temp\\xdebug", Context::Form),
+            "../../temp/xdebug"
+        );
         // The lenient digits are only decoded inside an overlong sequence, and real UTF-8
         // text is left alone.
         assert_eq!(dec("100%qf", Context::Form), "100%qf");
