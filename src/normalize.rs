@@ -154,7 +154,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
 }
 
 /// The last stage: NUL and other control bytes removed, backslashes as slashes, whitespace
-/// runs folded to one space, ASCII lower-cased.
+/// runs folded to one space (one `\n` if the run had a line break), ASCII lower-cased.
 fn finish(input: &[u8], anomalies: &mut Anomalies) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut last_space = false;
@@ -166,9 +166,16 @@ fn finish(input: &[u8], anomalies: &mut Anomalies) -> Vec<u8> {
             // Other control characters are dropped as NUL is (`..%01/`): parsers and browsers
             // skip many of them, and no attack needs them to be kept.
             0x01..=0x08 | 0x0e..=0x1f | 0x7f => {}
+            // A run with a line break folds to one `\n`, any other run to one space: header
+            // injection needs to see the line break, every other pattern uses `\s`.
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
                 if !last_space {
                     out.push(b' ');
+                }
+                if matches!(b, b'\n' | b'\r') {
+                    if let Some(l) = out.last_mut() {
+                        *l = b'\n';
+                    }
                 }
                 last_space = true;
                 continue;
@@ -654,6 +661,7 @@ mod tests {
         );
         assert_eq!(dec("&#60&#115;cript", Context::Plain), "<script");
         assert_eq!(dec("1+UNION++SELECT", Context::Form), "1 union select");
+        assert_eq!(dec("a%20%0d%0a%09b", Context::Form), "a\nb");
         assert_eq!(dec("a%00b", Context::Form), "ab");
         assert_eq!(dec("..%5c..%5cwindows", Context::Path), "../../windows");
         assert_eq!(dec("%c0%ae%c0%ae%c0%af", Context::Path), "../");
