@@ -49,6 +49,9 @@ pub struct Forms {
     /// Empty when decoding changed nothing but case (the raw value covers it then).
     pub decoded: Vec<u8>,
     pub sql: Option<Vec<u8>>,
+    /// The SQL form with comments removed without leaving a space, when a comment sits inside a
+    /// word (`UN/**/ION`): filters that strip comments join the halves back together.
+    pub sql_joined: Option<Vec<u8>>,
     pub path: Option<Vec<u8>>,
     /// The decoded form with JavaScript/JSON/C escapes (`\u006a`, `\x3c`, `\n`) resolved, when
     /// there are any. Kept apart from `decoded` because in a Windows path (`..\temp`,
@@ -66,6 +69,7 @@ impl Forms {
         decoded
             .into_iter()
             .chain(self.sql.as_deref())
+            .chain(self.sql_joined.as_deref())
             .chain(self.path.as_deref())
             .chain(self.escaped.as_deref())
     }
@@ -82,6 +86,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
         return Forms {
             decoded: Vec::new(),
             sql: None,
+            sql_joined: None,
             path: None,
             escaped: None,
             anomalies,
@@ -133,8 +138,18 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     let decoded = finish(&next, &mut anomalies);
     let escaped = escaped.filter(|e| *e != decoded);
 
-    let sql = if contains(&decoded, b"/*") {
-        Some(strip_sql_comments(&decoded))
+    let line_comment =
+        decoded.contains(&b'\n') && (decoded.contains(&b'#') || contains(&decoded, b"--"));
+    let sql = if line_comment || contains(&decoded, b"/*") {
+        Some(strip_sql_comments(&decoded, false))
+    } else {
+        None
+    };
+    let sql_joined = if decoded
+        .windows(3)
+        .any(|w| w[0].is_ascii_alphanumeric() && w[1..] == *b"/*")
+    {
+        Some(strip_sql_comments(&decoded, true)).filter(|j| Some(j) != sql.as_ref())
     } else {
         None
     };
@@ -147,6 +162,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     Forms {
         decoded,
         sql,
+        sql_joined,
         path,
         escaped,
         anomalies,
@@ -557,9 +573,11 @@ fn entity_at(s: &[u8]) -> Option<(usize, u32)> {
     None
 }
 
-/// Remove SQL comments: `/* ... */` becomes a space, MySQL's executable `/*!50000 ... */`
-/// keeps its content (MySQL runs it).
-pub fn strip_sql_comments(input: &[u8]) -> Vec<u8> {
+/// Remove SQL comments: `/* ... */` becomes a space (nothing when `joined`), MySQL's
+/// executable `/*!50000 ... */` keeps its content (MySQL runs it), and a `#` or `--` line
+/// comment is removed up to the line break that ends it (`UNION#x\nSELECT`). A `#` or `--`
+/// with no line break after it is left alone: it ends the query, and rules look for it.
+pub fn strip_sql_comments(input: &[u8], joined: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -578,11 +596,19 @@ pub fn strip_sql_comments(input: &[u8]) -> Vec<u8> {
                 let stop = end.unwrap_or(input.len());
                 out.extend_from_slice(&input[s.min(stop)..stop]);
                 out.push(b' ');
-            } else {
+            } else if !joined {
                 out.push(b' ');
             }
             i = end.map_or(input.len(), |e| e + 2);
             continue;
+        }
+        let line = input[i] == b'#' || (input[i] == b'-' && input.get(i + 1) == Some(&b'-'));
+        if line {
+            if let Some(nl) = input[i..].iter().position(|&b| b == b'\n') {
+                out.push(b' ');
+                i += nl;
+                continue;
+            }
         }
         out.push(input[i]);
         i += 1;
@@ -721,7 +747,7 @@ mod tests {
         };
         assert_eq!(esc("${\\u006a\\u006edi:x}"), b"${jndi:x}");
         assert_eq!(esc("\\x3cscript\\x3e"), b"<script>");
-        assert_eq!(esc(";id\\n"), b";id ");
+        assert_eq!(esc(";id\\n"), b";id\n");
         assert_eq!(
             dec("..\\..\\temp\\xdebug", Context::Form),
             "../../temp/xdebug"
@@ -746,6 +772,10 @@ mod tests {
     fn sql_comments_and_dot_segments() {
         let f = normalize(b"1 UNION/**/SELECT/*!50000password*/", Context::Form);
         assert_eq!(f.sql.as_deref(), Some(&b"1 union select password "[..]));
+        let f = normalize(b"1 UN/**/ION SEL/*x*/ECT 2", Context::Form);
+        assert_eq!(f.sql_joined.as_deref(), Some(&b"1 union select 2"[..]));
+        let f = normalize(b"1 union%23foo%0aselect-- x%0d%0a2#", Context::Form);
+        assert_eq!(f.sql.as_deref(), Some(&b"1 union \nselect \n2#"[..]));
         assert_eq!(
             remove_dot_segments(b"/api/../etc/./passwd?x=../y"),
             b"/etc/passwd?x=../y"
