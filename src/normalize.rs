@@ -123,19 +123,26 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     // JavaScript/Java/JSON/C escapes (`\u006a`, `\x3c`, `\n`): Log4j lookups, JSON and
     // script contexts, and shells reached through `echo -e` or printf decode them, so payloads
     // arrive hidden in them. A separate form: see `Forms::escaped`.
-    let escaped = if escape_decode(&cur, &mut next) {
+    let escaped = if cur.contains(&b'\\') && escape_decode(&cur, &mut next) {
         let mut e = std::mem::take(&mut next);
         let (changed, _) = percent_decode(&e, false, &mut next);
         if changed {
             std::mem::swap(&mut e, &mut next);
         }
         anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&e, &mut next);
-        Some(finish(&next, &mut anomalies))
+        let mut out = Vec::with_capacity(next.len());
+        finish(&next, &mut out, &mut anomalies);
+        Some(out)
     } else {
         None
     };
-    anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&cur, &mut next);
-    let decoded = finish(&next, &mut anomalies);
+    // Only bytes from C0 up start an overlong or look-alike sequence.
+    if cur.iter().any(|&b| b >= 0xC0) {
+        anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&cur, &mut next);
+        std::mem::swap(&mut cur, &mut next);
+    }
+    finish(&cur, &mut next, &mut anomalies);
+    let decoded = next;
     let escaped = escaped.filter(|e| *e != decoded);
 
     let line_comment =
@@ -171,8 +178,8 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
 
 /// The last stage: NUL and other control bytes removed, backslashes as slashes, whitespace
 /// runs folded to one space (one `\n` if the run had a line break), ASCII lower-cased.
-fn finish(input: &[u8], anomalies: &mut Anomalies) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
+fn finish(input: &[u8], out: &mut Vec<u8>, anomalies: &mut Anomalies) {
+    out.clear();
     let mut last_space = false;
     for &b in input {
         match b {
@@ -201,7 +208,6 @@ fn finish(input: &[u8], anomalies: &mut Anomalies) -> Vec<u8> {
         }
         last_space = false;
     }
-    out
 }
 
 /// Whether any stage of the pipeline could change `raw` beyond ASCII case.
