@@ -57,6 +57,10 @@ pub struct Forms {
     /// there are any. Kept apart from `decoded` because in a Windows path (`..\temp`,
     /// `\xdebug`) the backslash is a separator, not an escape.
     pub escaped: Option<Vec<u8>>,
+    /// The decoded form as a shell reads it once quoting is resolved (`c'a't`, `c\at`,
+    /// `w"h"oami`, `who$@ami`, cmd.exe's `w^hoami` all run the command they spell). Only made
+    /// when the value has a command separator or substitution and such quoting inside a word.
+    pub shell: Option<Vec<u8>>,
     pub anomalies: Anomalies,
 }
 
@@ -72,6 +76,7 @@ impl Forms {
             .chain(self.sql_joined.as_deref())
             .chain(self.path.as_deref())
             .chain(self.escaped.as_deref())
+            .chain(self.shell.as_deref())
     }
 }
 
@@ -89,6 +94,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
             sql_joined: None,
             path: None,
             escaped: None,
+            shell: None,
             anomalies,
         };
     }
@@ -136,6 +142,15 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     } else {
         None
     };
+    let shell = if shell_quoted(&cur) {
+        let mut q = Vec::with_capacity(cur.len());
+        shell_unquote(&cur, &mut q);
+        let mut out = Vec::with_capacity(q.len());
+        finish(&q, &mut out, &mut anomalies);
+        Some(out)
+    } else {
+        None
+    };
     // Only bytes from C0 up start an overlong or look-alike sequence.
     if cur.iter().any(|&b| b >= 0xC0) {
         anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&cur, &mut next);
@@ -144,6 +159,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     finish(&cur, &mut next, &mut anomalies);
     let decoded = next;
     let escaped = escaped.filter(|e| *e != decoded);
+    let shell = shell.filter(|q| *q != decoded);
 
     let line_comment =
         decoded.contains(&b'\n') && (decoded.contains(&b'#') || contains(&decoded, b"--"));
@@ -172,7 +188,37 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
         sql_joined,
         path,
         escaped,
+        shell,
         anomalies,
+    }
+}
+
+/// Whether a value has both a shell command separator or substitution and quoting inside a
+/// word (`;c'a't`, `|w\hoami`, `$(who$@ami)`): then it is worth reading as a shell would.
+fn shell_quoted(v: &[u8]) -> bool {
+    let separator = v
+        .iter()
+        .any(|&b| matches!(b, b';' | b'|' | b'&' | b'`' | b'\n'))
+        || contains(v, b"$(");
+    separator
+        && (contains(v, b"$@")
+            || v.windows(2).any(|w| {
+                w[0].is_ascii_alphanumeric() && matches!(w[1], b'\'' | b'"' | b'\\' | b'^')
+            }))
+}
+
+/// Remove what a shell (or cmd.exe) drops when it reads a word: quotes, backslashes, `^`, and
+/// the empty expansions `$@` and `$*`.
+fn shell_unquote(v: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'\'' | b'"' | b'\\' | b'^' => {}
+            b'$' if matches!(v.get(i + 1), Some(b'@' | b'*')) => i += 1,
+            b => out.push(b),
+        }
+        i += 1;
     }
 }
 
@@ -216,17 +262,23 @@ fn needs_work(raw: &[u8], ctx: Context) -> bool {
         return true;
     }
     let mut prev = 0u8;
+    // Shell quoting inside a word next to a separator (`;c'a't`, `|who$@ami`): see `shell_quoted`.
+    let (mut separator, mut quoted) = (false, false);
     for &b in raw {
         match b {
             b'%' | b'&' | b'\\' | 0..=0x1f | 0x7f..=0xff => return true,
             b'+' if ctx == Context::Form => return true,
             b'*' | b'.' if prev == b'/' => return true,
             b' ' if prev == b' ' => return true,
+            b';' | b'|' | b'`' => separator = true,
+            b'(' if prev == b'$' => separator = true,
+            b'\'' | b'"' | b'^' if prev.is_ascii_alphanumeric() => quoted = true,
+            b'@' | b'*' if prev == b'$' => quoted = true,
             _ => {}
         }
         prev = b;
     }
-    false
+    separator && quoted
 }
 
 fn contains(h: &[u8], n: &[u8]) -> bool {
@@ -758,6 +810,14 @@ mod tests {
             dec("..\\..\\temp\\xdebug", Context::Form),
             "../../temp/xdebug"
         );
+        // Shell quoting, read as the shell reads it, only next to a separator.
+        let sh = |s: &str| normalize(s.as_bytes(), Context::Form).shell;
+        assert_eq!(
+            sh(";c'a't /et\\c/pa\"ss\"wd").as_deref(),
+            Some(&b";cat /etc/passwd"[..])
+        );
+        assert_eq!(sh("|who$@ami").as_deref(), Some(&b"|whoami"[..]));
+        assert_eq!(sh("it's O'Reilly"), None);
         // The lenient digits are only decoded inside an overlong sequence, and real UTF-8
         // text is left alone.
         assert_eq!(dec("100%qf", Context::Form), "100%qf");
