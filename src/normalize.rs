@@ -129,7 +129,8 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     // JavaScript/Java/JSON/C escapes (`\u006a`, `\x3c`, `\n`): Log4j lookups, JSON and
     // script contexts, and shells reached through `echo -e` or printf decode them, so payloads
     // arrive hidden in them. A separate form: see `Forms::escaped`.
-    let escaped = if cur.contains(&b'\\') && escape_decode(&cur, &mut next) {
+    let seen = Scan::of(&cur);
+    let escaped = if seen.backslash && escape_decode(&cur, &mut next) {
         let mut e = std::mem::take(&mut next);
         let (changed, _) = percent_decode(&e, false, &mut next);
         if changed {
@@ -142,7 +143,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     } else {
         None
     };
-    let shell = if shell_quoted(&cur) {
+    let shell = if seen.separator && seen.quoted {
         let mut q = Vec::with_capacity(cur.len());
         shell_unquote(&cur, &mut q);
         let mut out = Vec::with_capacity(q.len());
@@ -152,7 +153,7 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
         None
     };
     // Only bytes from C0 up start an overlong or look-alike sequence.
-    if cur.iter().any(|&b| b >= 0xC0) {
+    if seen.high {
         anomalies.overlong_utf8 |= fold_overlong_and_fullwidth(&cur, &mut next);
         std::mem::swap(&mut cur, &mut next);
     }
@@ -161,17 +162,13 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     let escaped = escaped.filter(|e| *e != decoded);
     let shell = shell.filter(|q| *q != decoded);
 
-    let line_comment =
-        decoded.contains(&b'\n') && (decoded.contains(&b'#') || contains(&decoded, b"--"));
-    let sql = if line_comment || contains(&decoded, b"/*") {
+    let sql_seen = SqlScan::of(&decoded);
+    let sql = if sql_seen.block_comment || (sql_seen.newline && sql_seen.line_comment) {
         Some(strip_sql_comments(&decoded, false))
     } else {
         None
     };
-    let sql_joined = if decoded
-        .windows(3)
-        .any(|w| w[0].is_ascii_alphanumeric() && w[1..] == *b"/*")
-    {
+    let sql_joined = if sql_seen.comment_in_word {
         Some(strip_sql_comments(&decoded, true)).filter(|j| Some(j) != sql.as_ref())
     } else {
         None
@@ -193,18 +190,73 @@ pub fn normalize(raw: &[u8], ctx: Context) -> Forms {
     }
 }
 
-/// Whether a value has both a shell command separator or substitution and quoting inside a
-/// word (`;c'a't`, `|w\hoami`, `$(who$@ami)`): then it is worth reading as a shell would.
-fn shell_quoted(v: &[u8]) -> bool {
-    let separator = v
-        .iter()
-        .any(|&b| matches!(b, b';' | b'|' | b'&' | b'`' | b'\n'))
-        || contains(v, b"$(");
-    separator
-        && (contains(v, b"$@")
-            || v.windows(2).any(|w| {
-                w[0].is_ascii_alphanumeric() && matches!(w[1], b'\'' | b'"' | b'\\' | b'^')
-            }))
+/// What one pass over the percent- and entity-decoded value finds, to decide which of the
+/// costlier stages and forms are needed at all.
+#[derive(Default)]
+struct Scan {
+    /// A backslash: escapes may follow.
+    backslash: bool,
+    /// A byte from C0 up: an overlong or look-alike sequence may start.
+    high: bool,
+    /// A shell command separator or substitution (`;`, `|`, `&`, backtick, newline, `$(`).
+    separator: bool,
+    /// Quoting inside a word (`c'a't`, `c\at`, `w^hoami`) or an empty `$@` / `$*` expansion.
+    quoted: bool,
+}
+
+impl Scan {
+    fn of(v: &[u8]) -> Scan {
+        let mut s = Scan::default();
+        let mut prev = 0u8;
+        for &b in v {
+            match b {
+                b'\\' => {
+                    s.backslash = true;
+                    s.quoted |= prev.is_ascii_alphanumeric();
+                }
+                0xC0..=0xFF => s.high = true,
+                b';' | b'|' | b'&' | b'`' | b'\n' => s.separator = true,
+                b'(' if prev == b'$' => s.separator = true,
+                b'\'' | b'"' | b'^' if prev.is_ascii_alphanumeric() => s.quoted = true,
+                b'@' | b'*' if prev == b'$' => s.quoted = true,
+                _ => {}
+            }
+            prev = b;
+        }
+        s
+    }
+}
+
+/// What one pass over the decoded value finds about SQL comments.
+#[derive(Default)]
+struct SqlScan {
+    block_comment: bool,
+    /// A `/*` right after a letter or digit (`UN/**/ION`).
+    comment_in_word: bool,
+    line_comment: bool,
+    newline: bool,
+}
+
+impl SqlScan {
+    fn of(v: &[u8]) -> SqlScan {
+        let mut s = SqlScan::default();
+        let (mut prev2, mut prev) = (0u8, 0u8);
+        for &b in v {
+            match b {
+                b'*' if prev == b'/' => {
+                    s.block_comment = true;
+                    s.comment_in_word |= prev2.is_ascii_alphanumeric();
+                }
+                b'#' => s.line_comment = true,
+                b'-' if prev == b'-' => s.line_comment = true,
+                b'\n' => s.newline = true,
+                _ => {}
+            }
+            prev2 = prev;
+            prev = b;
+        }
+        s
+    }
 }
 
 /// Remove what a shell (or cmd.exe) drops when it reads a word: quotes, backslashes, `^`, and
@@ -226,6 +278,18 @@ fn shell_unquote(v: &[u8], out: &mut Vec<u8>) {
 /// runs folded to one space (one `\n` if the run had a line break), ASCII lower-cased.
 fn finish(input: &[u8], out: &mut Vec<u8>, anomalies: &mut Anomalies) {
     out.clear();
+    // Most values have nothing to remove or fold: copy and lower-case in bulk.
+    let mut prev = 0u8;
+    let plain = input.iter().all(|&b| {
+        let ok = b >= 0x20 && b != 0x7f && b != b'\\' && !(b == b' ' && prev == b' ');
+        prev = b;
+        ok
+    });
+    if plain {
+        out.extend_from_slice(input);
+        out.make_ascii_lowercase();
+        return;
+    }
     let mut last_space = false;
     for &b in input {
         match b {
@@ -256,24 +320,59 @@ fn finish(input: &[u8], out: &mut Vec<u8>, anomalies: &mut Anomalies) {
     }
 }
 
+/// Byte classes for `needs_work`: most bytes are `PLAIN` and cost one table load.
+const PLAIN: u8 = 0;
+const WORK: u8 = 1;
+const PLUS: u8 = 2;
+const DOT: u8 = 3;
+const STAR: u8 = 4;
+const SPACE: u8 = 5;
+const SEPARATOR: u8 = 6;
+const QUOTE: u8 = 7;
+const PAREN: u8 = 8;
+const AT: u8 = 9;
+
+const CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = match i as u8 {
+            b'%' | b'&' | b'\\' | 0..=0x1f | 0x7f..=0xff => WORK,
+            b'+' => PLUS,
+            b'.' => DOT,
+            b'*' => STAR,
+            b' ' => SPACE,
+            b';' | b'|' | b'`' => SEPARATOR,
+            b'\'' | b'"' | b'^' => QUOTE,
+            b'(' => PAREN,
+            b'@' => AT,
+            _ => PLAIN,
+        };
+        i += 1;
+    }
+    t
+};
+
 /// Whether any stage of the pipeline could change `raw` beyond ASCII case.
 fn needs_work(raw: &[u8], ctx: Context) -> bool {
     if ctx == Context::Path && raw.first() == Some(&b'.') {
         return true;
     }
     let mut prev = 0u8;
-    // Shell quoting inside a word next to a separator (`;c'a't`, `|who$@ami`): see `shell_quoted`.
+    // Shell quoting inside a word next to a separator (`;c'a't`, `|who$@ami`): see `Scan`.
     let (mut separator, mut quoted) = (false, false);
     for &b in raw {
-        match b {
-            b'%' | b'&' | b'\\' | 0..=0x1f | 0x7f..=0xff => return true,
-            b'+' if ctx == Context::Form => return true,
-            b'*' | b'.' if prev == b'/' => return true,
-            b' ' if prev == b' ' => return true,
-            b';' | b'|' | b'`' => separator = true,
-            b'(' if prev == b'$' => separator = true,
-            b'\'' | b'"' | b'^' if prev.is_ascii_alphanumeric() => quoted = true,
-            b'@' | b'*' if prev == b'$' => quoted = true,
+        match CLASS[b as usize] {
+            PLAIN => {}
+            WORK => return true,
+            PLUS if ctx == Context::Form => return true,
+            DOT if prev == b'/' => return true,
+            STAR if prev == b'/' => return true,
+            STAR | AT if prev == b'$' => quoted = true,
+            SPACE if prev == b' ' => return true,
+            SEPARATOR => separator = true,
+            PAREN if prev == b'$' => separator = true,
+            QUOTE if prev.is_ascii_alphanumeric() => quoted = true,
             _ => {}
         }
         prev = b;
