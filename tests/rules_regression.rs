@@ -44,13 +44,13 @@ fn detection_floors_and_false_positive_ceilings() {
     // Floors sit a little under what the packs reach on these samples, so that a real loss
     // fails while sampling noise does not.
     for (category, floor) in [
-        ("sqli", 96.0),
+        ("sqli", 97.0),
         ("xss", 96.0),
-        ("lfi", 84.0),
-        ("rce", 93.0),
+        ("lfi", 96.0),
+        ("rce", 94.0),
         ("log4shell", 95.0),
         ("ssti", 90.0),
-        ("shellshock", 85.0),
+        ("shellshock", 90.0),
     ] {
         let r = rate(&rep, "payloads", true, category);
         if r < floor {
@@ -58,9 +58,9 @@ fn detection_floors_and_false_positive_ceilings() {
         }
     }
     let overall = rep.overall("payloads", true).rate() * 100.0;
-    if overall < 90.0 {
+    if overall < 94.0 {
         failures.push(format!(
-            "attacks overall: {overall:.1}% detected, floor 90%"
+            "attacks overall: {overall:.1}% detected, floor 94%"
         ));
     }
     for (corpus, ceiling) in [
