@@ -13,7 +13,7 @@ use std::sync::Arc;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vigil::config::Config;
 use vigil::detectors::rules::RuleSet;
-use vigil::features::{self, RequestFacts};
+use vigil::features::{self, RequestFacts, ResponseFacts};
 use vigil::models::ModelSet;
 use vigil::pipeline::{self, RequestInput};
 use vigil::record::Record;
@@ -102,18 +102,27 @@ fn bench_stages(c: &mut Criterion) {
         state.observe_request(i as f64, TemplateId(i % 5), 20);
         state.observe_response(i as f64, 200, 5000);
     }
+    let template = learned.vocabulary.lookup("GET", TARGETS[1]);
     let facts = RequestFacts {
         time: now,
         method: "GET",
         target: TARGETS[1].as_bytes(),
-        unknown_template: false,
+        template,
+        route: learned.vocabulary.route(template),
+        site_requests: 12.0,
+    };
+    let response = ResponseFacts {
+        status: 200,
+        bytes: 5120,
+        route: facts.route,
+        site_failures: 0.0,
     };
     let mut g = c.benchmark_group("features");
     g.throughput(Throughput::Elements(1));
     g.bench_function("pre_and_post", |b| {
         b.iter(|| {
             let pre = features::pre(black_box(&facts), Some(&state), 20);
-            features::post(&pre, 200, 5120, &state, 21.0)
+            features::post(&pre, &response, &state, 21.0)
         })
     });
     g.finish();
@@ -159,7 +168,7 @@ fn bench_stages(c: &mut Criterion) {
     }
 
     let pre = features::pre(&facts, Some(&state), 20);
-    let post = features::post(&pre, 200, 5120, &state, 21.0);
+    let post = features::post(&pre, &response, &state, 21.0);
     let mut g = c.benchmark_group("forest");
     g.throughput(Throughput::Elements(1));
     g.bench_function("pre", |b| b.iter(|| learned.pre.score(black_box(&pre))));

@@ -3,11 +3,15 @@
 //! allocation-light (it runs twice per request: pre-upstream and post-response).
 //!
 //! Every detector reports a score in [0, 1] on which its trained threshold (the one calibrated
-//! to the target false-positive rate) sits at 0.5. The scores are fused with a weighted
-//! noisy-OR, `1 - Π (1 - wᵢ·sᵢ)`: one detector that is very sure can decide alone, two that
-//! are fairly sure agree their way over the threshold, and a detector that is unsure adds
-//! little. Rule hits that reach `policy.threshold` are authoritative and decide on their own
-//! whatever the weights say (the research prototype let a weighted vote overrule them).
+//! to the target false-positive rate) sits at 0.5. The fused score is the largest weighted
+//! score, `max wᵢ·sᵢ`: with weight 1 a detector at its own threshold flags the request, so
+//! the ensemble's false-positive rate is at most the sum of the detectors' calibrated ones; a
+//! weight below 1 asks that detector to be surer than its threshold. (A noisy-OR,
+//! `1 - Π (1 - wᵢ·sᵢ)`, was measured first: two detectors each a little below threshold, which
+//! normal traffic often gives, added up to a flag, and the ensemble's false-positive rate on
+//! the simulator's held-out day was 1.9% against 0.3% for each detector alone.) Rule hits
+//! that reach `policy.threshold` are authoritative and decide on their own whatever the
+//! weights say (the research prototype let a weighted vote overrule them).
 
 use serde::Serialize;
 
@@ -128,11 +132,10 @@ impl Verdict {
 /// Fuse the scores of the enabled detectors (`scores` holds only those that ran).
 /// `rules_decided` is whether the rule hits reached the policy threshold.
 pub fn combine(cfg: &EnsembleConfig, scores: Vec<DetectorScore>, rules_decided: bool) -> Verdict {
-    let mut keep = 1.0;
-    for d in &scores {
-        keep *= 1.0 - (d.weight * d.score).clamp(0.0, 1.0);
-    }
-    let score = (1.0 - keep).clamp(0.0, 1.0);
+    let score = scores
+        .iter()
+        .map(|d| (d.weight * d.score).clamp(0.0, 1.0))
+        .fold(0.0, f64::max);
     let anomaly = rules_decided || score >= cfg.threshold;
     let mut reasons = Vec::new();
     if rules_decided {
@@ -183,8 +186,8 @@ mod tests {
         };
         EnsembleConfig {
             rules: d(1.0),
-            forest: d(0.6),
-            transformer: d(0.7),
+            forest: d(1.0),
+            transformer: d(1.0),
             threshold: 0.5,
             max_action: Mode::Block,
         }
@@ -195,18 +198,35 @@ mod tests {
     }
 
     #[test]
-    fn one_sure_detector_decides_and_unsure_ones_need_each_other() {
-        let c = cfg();
+    fn a_detector_at_its_threshold_decides_and_weights_ask_for_more() {
+        let mut c = cfg();
         let forest_sure = combine(&c, vec![s(DetectorKind::ForestPost, c.forest, 0.95)], false);
         assert!(forest_sure.anomaly, "{forest_sure:?}");
         let forest_at_threshold =
             combine(&c, vec![s(DetectorKind::ForestPost, c.forest, 0.5)], false);
-        assert!(!forest_at_threshold.anomaly);
+        assert!(forest_at_threshold.anomaly);
+        // Two detectors just below their thresholds do not add up to a flag.
+        let below = combine(
+            &c,
+            vec![
+                s(DetectorKind::ForestPost, c.forest, 0.45),
+                s(DetectorKind::Transformer, c.transformer, 0.45),
+            ],
+            false,
+        );
+        assert!(!below.anomaly, "{below:?}");
+        c.transformer.weight = 0.7;
+        let weighted = combine(
+            &c,
+            vec![s(DetectorKind::Transformer, c.transformer, 0.6)],
+            false,
+        );
+        assert!(!weighted.anomaly, "0.7 x 0.6 < 0.5: {weighted:?}");
         let both = combine(
             &c,
             vec![
                 s(DetectorKind::ForestPost, c.forest, 0.55),
-                s(DetectorKind::Transformer, c.transformer, 0.6),
+                s(DetectorKind::Transformer, c.transformer, 0.9),
             ],
             false,
         );

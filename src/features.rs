@@ -7,9 +7,10 @@
 use chrono::{DateTime, FixedOffset, Timelike};
 
 use crate::session::{ClientState, TAU_LONG, TAU_MEDIUM, TAU_SHORT};
+use crate::template::{status_bucket, RouteStats, TemplateId};
 
 /// Bumped whenever the layout below changes.
-pub const FEATURES_VERSION: u32 = 1;
+pub const FEATURES_VERSION: u32 = 2;
 
 /// Pre-upstream features (index: meaning):
 ///  0 hour of day, sine      1 hour of day, cosine (the request's local time)
@@ -24,13 +25,21 @@ pub const FEATURES_VERSION: u32 = 1;
 /// 15 distinct templates / window length (client's recent requests)
 /// 16 ln(1 + mean seconds between the client's requests)
 /// 17 ln(1 + seconds since the client's previous request)
-pub const PRE: usize = 18;
+/// 18 share of the client's recent templates that are this request's template
+/// 19 the route's traffic, all clients, against training: ln((1 + requests in ~60 s) /
+///    (1 + the route's training mean for 60 s))
+pub const PRE: usize = 20;
 
-/// Post-response features: the 18 above, then
-/// 18 status class (1xx..5xx as 1..5)   19 ln(1 + response bytes)
-/// 20 ln(1 + client's response bytes in ~60 s, this one included)
-/// 21 error ratio of the client's last ~60 s, this response included
-pub const POST: usize = 22;
+/// Post-response features: the 20 above, then
+/// 20 status class (1xx..5xx as 1..5)   21 ln(1 + response bytes)
+/// 22 ln(1 + client's response bytes in ~60 s, this one included)
+/// 23 error ratio of the client's last ~60 s, this response included
+/// 24 response size against the route's 2xx sizes in training: robust z-score of ln(1 + bytes),
+///    clamped to ±10 (0 for non-2xx responses)
+/// 25 surprise of the status on this route: -ln P(status bucket | route) from training
+/// 26 for a 401/403: the route's authentication failures, all clients, against training:
+///    ln((1 + failures in ~60 s) / (1 + the route's training mean for 60 s)); else 0
+pub const POST: usize = 27;
 
 pub type PreVector = [f64; PRE];
 pub type PostVector = [f64; POST];
@@ -41,7 +50,21 @@ pub struct RequestFacts<'a> {
     pub time: DateTime<FixedOffset>,
     pub method: &'a str,
     pub target: &'a [u8],
-    pub unknown_template: bool,
+    pub template: TemplateId,
+    /// What training saw of the template's route.
+    pub route: RouteStats,
+    /// The route's decayed ~60 s request count, all clients, before this request.
+    pub site_requests: f32,
+}
+
+/// What the post-response features need beyond the client's state.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseFacts {
+    pub status: u16,
+    pub bytes: u64,
+    pub route: RouteStats,
+    /// The route's decayed ~60 s count of 401/403 answers, all clients, this one included.
+    pub site_failures: f32,
 }
 
 fn ln1p(x: f64) -> f64 {
@@ -81,7 +104,12 @@ pub fn pre(r: &RequestFacts<'_>, client: Option<&ClientState>, window: usize) ->
     v[4] = depth as f64;
     v[5] = special as f64 / r.target.len().max(1) as f64;
     v[6] = method;
-    v[7] = if r.unknown_template { 1.0 } else { 0.0 };
+    v[7] = if r.template == TemplateId::UNKNOWN {
+        1.0
+    } else {
+        0.0
+    };
+    v[19] = (ln1p(r.site_requests as f64) - ln1p(r.route.rate as f64 * TAU_MEDIUM)).clamp(-20.0, 20.0);
     if let Some(c) = client {
         v[8] = ln1p(c.rate_short.at(now, TAU_SHORT) as f64);
         v[9] = ln1p(c.rate_medium.at(now, TAU_MEDIUM) as f64);
@@ -93,6 +121,8 @@ pub fn pre(r: &RequestFacts<'_>, client: Option<&ClientState>, window: usize) ->
         v[15] = c.unique_recent() as f64 / window.max(1) as f64;
         v[16] = ln1p(c.gap_mean as f64);
         v[17] = ln1p(now - c.last_seen);
+        v[18] = c.recent.iter().filter(|&&t| t == r.template).count() as f64
+            / window.max(1) as f64;
     } else {
         // A client never seen before: no history, and "a long time" since its last request.
         v[17] = ln1p(86_400.0);
@@ -101,19 +131,27 @@ pub fn pre(r: &RequestFacts<'_>, client: Option<&ClientState>, window: usize) ->
 }
 
 /// Features after the response. `client` is the state *after* this request and response.
-pub fn post(
-    pre: &PreVector,
-    status: u16,
-    bytes: u64,
-    client: &ClientState,
-    now: f64,
-) -> PostVector {
+pub fn post(pre: &PreVector, r: &ResponseFacts, client: &ClientState, now: f64) -> PostVector {
     let mut v = [0.0; POST];
     v[..PRE].copy_from_slice(pre);
-    v[18] = (status / 100) as f64;
-    v[19] = ln1p(bytes as f64);
-    v[20] = ln1p(client.bytes.at(now, TAU_MEDIUM) as f64);
-    v[21] = client.error_ratio(now) as f64;
+    let size = ln1p(r.bytes as f64);
+    v[PRE] = (r.status / 100) as f64;
+    v[PRE + 1] = size;
+    v[PRE + 2] = ln1p(client.bytes.at(now, TAU_MEDIUM) as f64);
+    v[PRE + 3] = client.error_ratio(now) as f64;
+    if (200..300).contains(&r.status) && (r.route.bytes_mean > 0.0 || r.route.bytes_std > 0.0) {
+        // A floor on the spread: a route that always sends the same page size must not call
+        // a few bytes more an anomaly.
+        let spread = (r.route.bytes_std as f64).max(0.25);
+        v[PRE + 4] = ((size - r.route.bytes_mean as f64) / spread).clamp(-10.0, 10.0);
+    }
+    let p = r.route.status[status_bucket(r.status)] as f64;
+    v[PRE + 5] = -(p.clamp(1e-6, 1.0)).ln();
+    if matches!(r.status, 401 | 403) {
+        v[PRE + 6] = (ln1p(r.site_failures as f64)
+            - ln1p(r.route.failure_rate as f64 * TAU_MEDIUM))
+            .clamp(-20.0, 20.0);
+    }
     v
 }
 
@@ -128,7 +166,9 @@ mod tests {
             time: t,
             method: "GET",
             target: target.as_bytes(),
-            unknown_template: false,
+            template: TemplateId(3),
+            route: RouteStats::default(),
+            site_requests: 0.0,
         }
     }
 
@@ -159,7 +199,47 @@ mod tests {
         assert!(v[11] > 0.9, "all errors: {}", v[11]);
         assert!(v[14] > 3.0);
         assert!((v[15] - 0.05).abs() < 1e-9, "one template of twenty");
-        let p = post(&v, 404, 10, &c, 1_714_536_006.0);
-        assert_eq!(p[18], 4.0);
+        assert_eq!(v[18], 1.0, "the same template twenty times over");
+        let resp = ResponseFacts {
+            status: 404,
+            bytes: 10,
+            route: RouteStats::default(),
+            site_failures: 0.0,
+        };
+        let p = post(&v, &resp, &c, 1_714_536_006.0);
+        assert_eq!(p[PRE], 4.0);
+    }
+
+    #[test]
+    fn responses_are_compared_with_what_the_route_usually_sends() {
+        let mut route = RouteStats {
+            bytes_mean: (20_000f32).ln_1p(),
+            bytes_std: 0.3,
+            rate: 0.5,
+            failure_rate: 0.01,
+            ..RouteStats::default()
+        };
+        route.status = [0.9, 0.01, 0.05, 0.01, 0.01, 0.01, 0.01];
+        let c = ClientState::new(1_714_536_000.0);
+        let v = pre(&facts("/admin/reports/export", 6), None, 20);
+        let at = |status, bytes, site_failures| {
+            let r = ResponseFacts {
+                status,
+                bytes,
+                route,
+                site_failures,
+            };
+            post(&v, &r, &c, 1_714_536_000.0)
+        };
+        assert!(at(200, 21_000, 0.0)[PRE + 4].abs() < 0.5, "a usual size");
+        assert_eq!(at(200, 40_000_000, 0.0)[PRE + 4], 10.0, "a huge export");
+        assert!(at(200, 21_000, 0.0)[PRE + 5] < 0.2);
+        assert!(at(404, 5_000, 0.0)[PRE + 5] > 4.0, "this route does not 404");
+        assert_eq!(at(200, 21_000, 50.0)[PRE + 6], 0.0, "only failures count");
+        assert!(at(401, 900, 50.0)[PRE + 6] > 3.0, "fifty failures a minute, usually one");
+        let mut busy = facts("/search?q=a", 6);
+        busy.route = route;
+        busy.site_requests = 600.0;
+        assert!(pre(&busy, None, 20)[19] > 2.5, "twenty times the route's usual traffic");
     }
 }

@@ -19,13 +19,13 @@ use serde::Serialize;
 
 use crate::config::Mode;
 use crate::ensemble::{self, DetectorKind, DetectorScore, Verdict};
-use crate::features::{self, PostVector, PreVector, RequestFacts};
+use crate::features::{self, PostVector, PreVector, RequestFacts, ResponseFacts};
 use crate::models::ModelSet;
 use crate::policy::{Action, Decision};
 use crate::record::Record;
 use crate::request::HttpRequest;
-use crate::session::{ClientState, SessionKey, Sessions};
-use crate::template::TemplateId;
+use crate::session::{agent_hash, ClientState, SessionKey, Sessions, Site};
+use crate::template::{RouteStats, TemplateId, Vocabulary};
 
 /// What the pipeline needs to know about a request.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +58,9 @@ pub struct Pre {
     pub session_key: String,
     #[serde(skip)]
     pub now: f64,
+    /// The request's user agent, hashed (`session::agent_hash`).
+    #[serde(skip)]
+    pub agent: u32,
     #[serde(skip)]
     features: Option<PreVector>,
     /// The transformer's score, reused by the post-response verdict.
@@ -98,24 +101,76 @@ pub struct Arrival {
     pub features: PreVector,
 }
 
+/// The request's template and what the features need to know about it; counts the request in
+/// its route's site-wide traffic. `vocabulary` is `None` without learned detectors.
+pub fn request_facts<'a>(
+    vocabulary: Option<(&Vocabulary, u64)>,
+    site: &Site,
+    time: DateTime<FixedOffset>,
+    method: &'a str,
+    target: &'a [u8],
+) -> RequestFacts<'a> {
+    let (template, route, site_requests) = match vocabulary {
+        Some((v, tag)) => {
+            let t = v.lookup(method, &String::from_utf8_lossy(target));
+            let before = site.arrive(tag, v.len(), t, seconds(&time));
+            (t, v.route(t), before)
+        }
+        None => (TemplateId::UNKNOWN, RouteStats::default(), 0.0),
+    };
+    RequestFacts {
+        time,
+        method,
+        target,
+        template,
+        route,
+        site_requests,
+    }
+}
+
+/// What the post-response features need; counts an authentication failure in the route's
+/// site-wide traffic.
+pub fn response_facts(
+    vocabulary: Option<(&Vocabulary, u64)>,
+    site: &Site,
+    template: TemplateId,
+    now: f64,
+    status: u16,
+    bytes: u64,
+) -> ResponseFacts {
+    let (route, site_failures) = match vocabulary {
+        Some((v, tag)) => (
+            v.route(template),
+            site.respond(tag, v.len(), template, now, status),
+        ),
+        None => (RouteStats::default(), 0.0),
+    };
+    ResponseFacts {
+        status,
+        bytes,
+        route,
+        site_failures,
+    }
+}
+
 /// A request arrives at a client's state: read what the detectors need, then record it.
 /// Training replays logs through this same function, so the features it learns from are the
 /// ones the proxy computes.
 pub fn arrive(
     c: &mut ClientState,
     facts: &RequestFacts<'_>,
-    template: TemplateId,
     vocabulary: u64,
     now: f64,
     window: usize,
+    agent: u32,
 ) -> Arrival {
     c.use_vocabulary(vocabulary);
-    let escalated = c.escalated(now);
+    let escalated = c.escalated(now, agent);
     let context = c.recent.clone();
     let known = c.requests > 0;
     let features = features::pre(facts, known.then_some(&*c), window);
     let whole_history = c.requests as usize == context.len();
-    c.observe_request(now, template, window);
+    c.observe_request(now, facts.template, window);
     Arrival {
         escalated,
         context,
@@ -128,12 +183,43 @@ pub fn arrive(
 pub fn respond(
     c: &mut ClientState,
     pre: &PreVector,
-    status: u16,
-    bytes: u64,
+    response: &ResponseFacts,
     now: f64,
 ) -> PostVector {
-    c.observe_response(now, status, bytes);
-    features::post(pre, status, bytes, c, now)
+    c.observe_response(now, response.status, response.bytes);
+    features::post(pre, response, c, now)
+}
+
+/// One logged request through both stages' state updates, as the proxy makes them (training
+/// and the canary self-check replay logs with it): its template, what it found on arrival,
+/// and its post-response features.
+pub fn replay(
+    vocabulary: (&Vocabulary, u64),
+    sessions: &Sessions,
+    key: &str,
+    r: &Record,
+) -> (TemplateId, Arrival, PostVector) {
+    let (method, target, _) = r.request_parts();
+    let now = seconds(&r.time);
+    let window = sessions.config().window;
+    let site = sessions.site();
+    let facts = request_facts(Some(vocabulary), site, r.time, &method, target.as_bytes());
+    let agent = agent_hash(r.user_agent.as_deref());
+    let arrival = sessions.with(key, now, |c| {
+        arrive(c, &facts, vocabulary.1, now, window, agent)
+    });
+    let response = response_facts(
+        Some(vocabulary),
+        site,
+        facts.template,
+        now,
+        r.status,
+        r.bytes,
+    );
+    let post = sessions.with(key, now, |c| {
+        respond(c, &arrival.features, &response, now)
+    });
+    (facts.template, arrival, post)
 }
 
 /// Score a request before it goes upstream, and record its arrival in the client's state.
@@ -161,22 +247,20 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     }
 
     let learned = models.learned.as_deref();
-    let target = String::from_utf8_lossy(&input.request.target);
-    let template = learned.map_or(TemplateId::UNKNOWN, |l| {
-        l.vocabulary.lookup(&input.request.method, &target)
-    });
     let key = session_key(sessions, input);
     let window = sessions.config().window;
-    let facts = RequestFacts {
-        time: input.time,
-        method: &input.request.method,
-        target: &input.request.target,
-        unknown_template: template == TemplateId::UNKNOWN,
-    };
-    let vocabulary = learned.map_or(0, |l| l.vocabulary_tag);
-    let arrival = sessions.with(&key, now, |c| {
-        arrive(c, &facts, template, vocabulary, now, window)
-    });
+    let vocabulary = learned.map(|l| (&l.vocabulary, l.vocabulary_tag));
+    let facts = request_facts(
+        vocabulary,
+        sessions.site(),
+        input.time,
+        &input.request.method,
+        &input.request.target,
+    );
+    let template = facts.template;
+    let tag = learned.map_or(0, |l| l.vocabulary_tag);
+    let agent = agent_hash(input.request.header("user-agent"));
+    let arrival = sessions.with(&key, now, |c| arrive(c, &facts, tag, now, window, agent));
     let escalated = arrival.escalated;
 
     let mut transformer = None;
@@ -214,6 +298,7 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
         escalated,
         session_key: key,
         now,
+        agent,
         features: learned.map(|_| arrival.features),
         transformer,
     }
@@ -245,8 +330,17 @@ fn action(models: &ModelSet, d: &Decision, v: &Verdict, escalated: bool) -> Acti
 pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, bytes: u64) -> Post {
     let now = pre.now;
     let ens = &models.ensemble;
+    let learned = models.learned.as_deref();
+    let response = response_facts(
+        learned.map(|l| (&l.vocabulary, l.vocabulary_tag)),
+        sessions.site(),
+        pre.template,
+        now,
+        status,
+        bytes,
+    );
     let post_vec = sessions.with(&pre.session_key, now, |c| match &pre.features {
-        Some(v) => Some(respond(c, v, status, bytes, now)),
+        Some(v) => Some(respond(c, v, &response, now)),
         None => {
             c.observe_response(now, status, bytes);
             None
@@ -259,7 +353,7 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
         .filter(|d| d.detector == DetectorKind::Rules)
         .copied()
         .collect();
-    if let (Some(l), Some(v)) = (models.learned.as_deref(), post_vec) {
+    if let (Some(l), Some(v)) = (learned, post_vec) {
         if ens.forest.enabled {
             let s = l.post.score(&v);
             scores.push(DetectorScore::new(
@@ -275,10 +369,21 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
     let verdict = ensemble::combine(ens, scores, pre.decision.attack);
     let esc = &models.escalation;
     let mut escalated_now = false;
-    if esc.enabled && (verdict.anomaly || pre.verdict.anomaly) {
+    // Escalation is for behaviour (scans, brute force, floods) and attacks: the rules or a
+    // forest must have voted. The transformer alone says "unusual order", which a normal
+    // client behind the same address may well produce, and escalating on it blocked them.
+    let behaviour = |v: &Verdict| {
+        v.detectors.iter().any(|d| {
+            d.vote && matches!(d.detector, DetectorKind::ForestPre | DetectorKind::ForestPost)
+        })
+    };
+    let strike = pre.decision.attack
+        || (verdict.anomaly && behaviour(&verdict))
+        || (pre.verdict.anomaly && behaviour(&pre.verdict));
+    if esc.enabled && strike {
         let duration = esc.duration.as_secs_f64();
         escalated_now = sessions.with(&pre.session_key, now, |c| {
-            c.note_anomaly(now, esc.after, duration)
+            c.note_anomaly(now, esc.after, duration, pre.agent)
         });
     }
     Post {

@@ -104,6 +104,11 @@ pub struct ClientState {
     pub gap_var: f32,
     /// Anomalous requests in a row, each within the escalation duration of the previous one.
     pub strikes: u32,
+    /// Who the strikes came from: a hash of the user agent when all of them share one, 0 when
+    /// several did. Escalation then holds for that agent only, so that the people behind one
+    /// NAT address are not blocked for what one of them did, unless the strikes came from
+    /// several agents (a scanner rotating its user agent escalates the whole address).
+    pub agent: u32,
     pub last_anomaly: f64,
     /// Until when (seconds, request clock) the client's requests get the escalated action.
     pub escalated_until: f64,
@@ -130,6 +135,7 @@ impl ClientState {
             gap_mean: 0.0,
             gap_var: 0.0,
             strikes: 0,
+            agent: 0,
             last_anomaly: f64::NEG_INFINITY,
             escalated_until: f64::NEG_INFINITY,
             vocabulary: 0,
@@ -148,21 +154,26 @@ impl ClientState {
     /// of the previous one, the client is escalated until `duration` after its latest
     /// anomaly: the escalation lasts while the behaviour goes on and fades when it stops.
     /// Returns whether this call started a new escalation.
-    pub fn note_anomaly(&mut self, now: f64, after: u32, duration: f64) -> bool {
+    pub fn note_anomaly(&mut self, now: f64, after: u32, duration: f64, agent: u32) -> bool {
+        let was = self.escalated(now, agent);
         if now - self.last_anomaly > duration {
             self.strikes = 0;
+            self.agent = agent;
+        } else if self.agent != agent {
+            self.agent = 0;
         }
         self.strikes = self.strikes.saturating_add(1);
         self.last_anomaly = self.last_anomaly.max(now);
-        let was = self.escalated(now);
         if self.strikes >= after {
             self.escalated_until = self.escalated_until.max(now + duration);
         }
-        !was && self.escalated(now)
+        !was && self.escalated(now, agent)
     }
 
-    pub fn escalated(&self, now: f64) -> bool {
-        now < self.escalated_until
+    /// Whether a request of `agent` (`agent_hash` of its user agent) from this client gets
+    /// the escalated action.
+    pub fn escalated(&self, now: f64, agent: u32) -> bool {
+        now < self.escalated_until && (self.agent == 0 || self.agent == agent)
     }
 
     /// Record a request's arrival and template (pre-upstream stage).
@@ -231,10 +242,98 @@ const SHARDS: usize = 16;
 /// Entries examined to pick an eviction victim when a shard is full.
 const EVICTION_SAMPLE: usize = 16;
 
+/// A request's user agent as the escalation state keys it (never 0, which means "several").
+pub fn agent_hash(user_agent: Option<&[u8]>) -> u32 {
+    let mut h = DefaultHasher::new();
+    user_agent.unwrap_or_default().hash(&mut h);
+    (h.finish() as u32).max(1)
+}
+
+/// Site-wide decayed counts per template, all clients together: a flood spread over many
+/// addresses, or credential stuffing with a few attempts per address, shows here and in no
+/// single client's state. Indexed by template id; reset when the vocabulary changes.
+#[derive(Debug, Default)]
+pub struct Site {
+    table: std::sync::RwLock<SiteTable>,
+}
+
+#[derive(Debug, Default)]
+struct SiteTable {
+    vocabulary: u64,
+    routes: Vec<Mutex<SiteRoute>>,
+}
+
+#[derive(Debug, Default)]
+struct SiteRoute {
+    requests: Decayed,
+    failures: Decayed,
+}
+
+impl Site {
+    /// Run `f` on the counts of `template` of the vocabulary tagged `vocabulary`
+    /// (`routes` ids long).
+    fn with<T>(
+        &self,
+        vocabulary: u64,
+        routes: usize,
+        template: TemplateId,
+        f: impl FnOnce(&mut SiteRoute) -> T,
+    ) -> T {
+        let i = template.0 as usize;
+        {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            if t.vocabulary == vocabulary && t.routes.len() == routes {
+                if let Some(r) = t.routes.get(i) {
+                    return f(&mut r.lock().unwrap_or_else(|e| e.into_inner()));
+                }
+            }
+        }
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if t.vocabulary != vocabulary || t.routes.len() != routes {
+            t.vocabulary = vocabulary;
+            t.routes = (0..routes).map(|_| Mutex::default()).collect();
+        }
+        match t.routes.get(i) {
+            Some(r) => f(&mut r.lock().unwrap_or_else(|e| e.into_inner())),
+            // An id outside the vocabulary: counted nowhere.
+            None => f(&mut SiteRoute::default()),
+        }
+    }
+
+    /// A request for `template` arrives; returns the template's decayed ~60 s request count
+    /// before it.
+    pub fn arrive(&self, vocabulary: u64, routes: usize, template: TemplateId, now: f64) -> f32 {
+        self.with(vocabulary, routes, template, |r| {
+            let before = r.requests.at(now, TAU_MEDIUM);
+            r.requests.add(now, TAU_MEDIUM, 1.0);
+            before
+        })
+    }
+
+    /// Its response was sent; returns the template's decayed ~60 s count of authentication
+    /// failures (401, 403), this response included.
+    pub fn respond(
+        &self,
+        vocabulary: u64,
+        routes: usize,
+        template: TemplateId,
+        now: f64,
+        status: u16,
+    ) -> f32 {
+        self.with(vocabulary, routes, template, |r| {
+            let failed = matches!(status, 401 | 403);
+            r.failures
+                .add(now, TAU_MEDIUM, if failed { 1.0 } else { 0.0 });
+            r.failures.at(now, TAU_MEDIUM)
+        })
+    }
+}
+
 /// All clients' state, sharded to keep lock contention low on the request path.
 pub struct Sessions {
     config: SessionConfig,
     shards: Vec<Mutex<HashMap<String, ClientState>>>,
+    site: Site,
 }
 
 impl Sessions {
@@ -242,11 +341,17 @@ impl Sessions {
         Sessions {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             config,
+            site: Site::default(),
         }
     }
 
     pub fn config(&self) -> &SessionConfig {
         &self.config
+    }
+
+    /// The site-wide counts (every client of this store together).
+    pub fn site(&self) -> &Site {
+        &self.site
     }
 
     /// The session key of a request.

@@ -27,6 +27,12 @@ pub struct MinerConfig {
     pub max_templates: usize,
     /// Templates seen fewer times than this are not kept either.
     pub min_count: u64,
+    /// Templates requested by fewer distinct clients than this are not routes of the site
+    /// but one client's idea (a scanner's probe list, a typo): they map to `UNKNOWN`.
+    pub min_clients: usize,
+    /// Templates whose responses were mostly "no such resource" (404, 410, 400, 405, 501)
+    /// are not routes either, whoever asked for them.
+    pub max_missing_share: f64,
 }
 
 impl Default for MinerConfig {
@@ -35,6 +41,8 @@ impl Default for MinerConfig {
             similarity: 0.5,
             max_templates: 2000,
             min_count: 2,
+            min_clients: 2,
+            max_missing_share: 0.5,
         }
     }
 }
@@ -217,6 +225,23 @@ struct Cluster {
     method: String,
     query: String,
     count: u64,
+    /// Requests answered "no such resource".
+    missing: u64,
+    /// Distinct clients seen, up to `CLIENTS_KEPT` (only "at least min_clients" matters).
+    clients: Vec<u64>,
+}
+
+const CLIENTS_KEPT: usize = 16;
+
+fn note_client(clients: &mut Vec<u64>, c: u64) {
+    if clients.len() < CLIENTS_KEPT && !clients.contains(&c) {
+        clients.push(c);
+    }
+}
+
+/// Statuses that say the request named nothing the site serves.
+fn is_missing(status: u16) -> bool {
+    matches!(status, 400 | 404 | 405 | 410 | 501)
 }
 
 impl Cluster {
@@ -239,13 +264,15 @@ impl Cluster {
         same as f64 / self.tokens.len() as f64
     }
 
-    fn absorb(&mut self, s: &Shape) {
+    fn absorb(&mut self, s: &Shape, client: u64, status: u16) {
         for (t, seg) in self.tokens.iter_mut().zip(&s.segments) {
             if t != seg && t != WILD {
                 *t = generalise(t, seg).unwrap_or_else(|| WILD.to_string());
             }
         }
         self.count += 1;
+        self.missing += is_missing(status) as u64;
+        note_client(&mut self.clients, client);
     }
 
     fn render(&self) -> String {
@@ -271,6 +298,8 @@ pub struct Miner {
     config: MinerConfig,
     clusters: Vec<Cluster>,
     buckets: HashMap<String, Vec<usize>>,
+    /// Requests added without a client (`add`).
+    anonymous: u64,
 }
 
 impl Miner {
@@ -279,11 +308,20 @@ impl Miner {
             config,
             clusters: Vec::new(),
             buckets: HashMap::new(),
+            anonymous: 0,
         }
     }
 
-    /// Add one request (method and raw target) to the clusters.
+    /// Add one request (method and raw target) to the clusters, as if every request came from
+    /// a distinct client and was answered 200 (for request lines without a log around them).
     pub fn add(&mut self, method: &str, target: &str) {
+        self.anonymous += 1;
+        self.add_seen(method, target, self.anonymous, 200);
+    }
+
+    /// Add one request from a log: `client` identifies who sent it (any stable hash), `status`
+    /// is what the site answered.
+    pub fn add_seen(&mut self, method: &str, target: &str, client: u64, status: u16) {
         let shape = Shape::of(method, target);
         let bucket = self.buckets.entry(shape.bucket()).or_default();
         let best = bucket
@@ -293,7 +331,7 @@ impl Miner {
             // Highest similarity; the oldest cluster on ties, for determinism.
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         match best {
-            Some((i, _)) => self.clusters[i].absorb(&shape),
+            Some((i, _)) => self.clusters[i].absorb(&shape, client, status),
             None => {
                 bucket.push(self.clusters.len());
                 self.clusters.push(Cluster {
@@ -301,6 +339,8 @@ impl Miner {
                     method: shape.method,
                     query: shape.query,
                     count: 1,
+                    missing: is_missing(status) as u64,
+                    clients: vec![client],
                 });
             }
         }
@@ -310,18 +350,39 @@ impl Miner {
         self.clusters.len()
     }
 
-    /// Freeze into a vocabulary: the most frequent templates (at most `max_templates`, each
-    /// seen at least `min_count` times), ids assigned by descending count then text.
+    /// Freeze into a vocabulary: the most frequent routes (at most `max_templates`, each seen
+    /// at least `min_count` times from `min_clients` clients and not mostly answered "no such
+    /// resource"), ids assigned by descending count then text.
     pub fn finish(&self) -> Vocabulary {
-        let mut merged: HashMap<String, (u64, &Cluster)> = HashMap::new();
-        for c in &self.clusters {
-            let e = merged.entry(c.render()).or_insert((0, c));
-            e.0 += c.count;
+        struct Merged<'a> {
+            count: u64,
+            missing: u64,
+            clients: Vec<u64>,
+            first: &'a Cluster,
         }
+        let mut merged: HashMap<String, Merged<'_>> = HashMap::new();
+        for c in &self.clusters {
+            let e = merged.entry(c.render()).or_insert(Merged {
+                count: 0,
+                missing: 0,
+                clients: Vec::new(),
+                first: c,
+            });
+            e.count += c.count;
+            e.missing += c.missing;
+            for &x in &c.clients {
+                note_client(&mut e.clients, x);
+            }
+        }
+        let cfg = &self.config;
         let mut list: Vec<(String, u64, &Cluster)> = merged
             .into_iter()
-            .filter(|(_, (n, _))| *n >= self.config.min_count)
-            .map(|(t, (n, c))| (t, n, c))
+            .filter(|(_, m)| {
+                m.count >= cfg.min_count
+                    && m.clients.len() >= cfg.min_clients
+                    && (m.missing as f64) <= cfg.max_missing_share * m.count as f64
+            })
+            .map(|(t, m)| (t, m.count, m.first))
             .collect();
         list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         list.truncate(self.config.max_templates);
@@ -350,18 +411,66 @@ pub struct Template {
     pub count: u64,
 }
 
+/// Status buckets of `RouteStats::status`: 2xx, 3xx, 401, 403, 404, other 4xx, 5xx (and
+/// anything else).
+pub const STATUS_BUCKETS: usize = 7;
+
+pub fn status_bucket(status: u16) -> usize {
+    match status {
+        200..=299 => 0,
+        300..=399 => 1,
+        401 => 2,
+        403 => 3,
+        404 => 4,
+        400..=499 => 5,
+        _ => 6,
+    }
+}
+
+/// What training saw of one route, all clients together: the features compare a live
+/// request and its response with it (an export a hundred times its usual size, a 404 on a
+/// page that always answers, ten times the route's usual traffic).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RouteStats {
+    /// Centre and spread of ln(1 + bytes) of its 2xx responses (median and scaled median
+    /// absolute deviation).
+    pub bytes_mean: f32,
+    pub bytes_std: f32,
+    /// Smoothed probability of each status bucket (`status_bucket`).
+    pub status: [f32; STATUS_BUCKETS],
+    /// Requests, and 401/403 answers, per second over the training span.
+    pub rate: f32,
+    pub failure_rate: f32,
+}
+
+impl Default for RouteStats {
+    /// A route training never saw: nothing is surprising about it.
+    fn default() -> Self {
+        RouteStats {
+            bytes_mean: 0.0,
+            bytes_std: 0.0,
+            status: [1.0 / STATUS_BUCKETS as f32; STATUS_BUCKETS],
+            rate: 0.0,
+            failure_rate: 0.0,
+        }
+    }
+}
+
 /// The frozen template set used at serving time. `TemplateId(i + 1)` is `templates[i]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vocabulary {
     templates: Vec<Template>,
     similarity: f64,
+    /// Per template id (the unknown template first); empty in sets trained without them.
+    #[serde(default)]
+    stats: Vec<RouteStats>,
     #[serde(skip)]
     buckets: HashMap<String, Vec<usize>>,
 }
 
 impl PartialEq for Vocabulary {
     fn eq(&self, o: &Self) -> bool {
-        self.templates == o.templates && self.similarity == o.similarity
+        self.templates == o.templates && self.similarity == o.similarity && self.stats == o.stats
     }
 }
 
@@ -370,6 +479,7 @@ impl Vocabulary {
         let mut v = Vocabulary {
             templates,
             similarity,
+            stats: Vec::new(),
             buckets: HashMap::new(),
         };
         v.index();
@@ -409,6 +519,16 @@ impl Vocabulary {
                 .get(i as usize - 1)
                 .map_or("<unknown>", |t| t.text.as_str()),
         }
+    }
+
+    /// What training saw of a route (neutral statistics for one it did not see).
+    pub fn route(&self, id: TemplateId) -> RouteStats {
+        self.stats.get(id.0 as usize).copied().unwrap_or_default()
+    }
+
+    /// Attach the routes' statistics, one per template id (`len()` of them).
+    pub fn set_stats(&mut self, stats: Vec<RouteStats>) {
+        self.stats = stats;
     }
 
     pub fn templates(&self) -> &[Template] {
@@ -478,6 +598,7 @@ mod tests {
     fn clusters_routes_and_keeps_query_keys() {
         let mut m = Miner::new(MinerConfig {
             min_count: 1,
+            min_clients: 1,
             ..MinerConfig::default()
         });
         for id in [1, 2, 3, 4] {
@@ -528,6 +649,7 @@ mod tests {
                 max_templates: 3,
                 min_count: 1,
                 similarity: 0.9,
+                ..MinerConfig::default()
             });
             for l in &lines {
                 m.add("GET", l);
@@ -541,5 +663,26 @@ mod tests {
         let mut back: Vocabulary = serde_json::from_str(&json).unwrap();
         back.index();
         assert_eq!(back.lookup("GET", "/pagea/x"), a.lookup("GET", "/pagea/x"));
+    }
+
+    #[test]
+    fn routes_need_several_clients_and_answers_other_than_not_found() {
+        let mut m = Miner::new(MinerConfig::default());
+        for c in 0..5 {
+            m.add_seen("GET", "/cart", c, 200);
+            m.add_seen("GET", "/prodcuts", c, 404);
+        }
+        // One scanner asks for its list many times over.
+        for _ in 0..50 {
+            m.add_seen("GET", "/phpmyadmin/", 99, 403);
+        }
+        m.add_seen("POST", "/login", 1, 401);
+        m.add_seen("POST", "/login", 2, 302);
+        let v = m.finish();
+        let texts: Vec<&str> = v.templates().iter().map(|t| t.text.as_str()).collect();
+        assert!(texts.contains(&"GET /cart"), "{texts:?}");
+        assert!(texts.contains(&"POST /login"), "a 401 is an answer: {texts:?}");
+        assert!(!texts.contains(&"GET /prodcuts"), "{texts:?}");
+        assert!(!texts.contains(&"GET /phpmyadmin/"), "{texts:?}");
     }
 }

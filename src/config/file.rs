@@ -113,8 +113,8 @@ impl Default for FileEnsemble {
         };
         FileEnsemble {
             rules: d(1.0),
-            forest: d(0.6),
-            transformer: d(0.7),
+            forest: d(1.0),
+            transformer: d(1.0),
             threshold: 0.5,
             max_action: "block".into(),
         }

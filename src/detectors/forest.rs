@@ -4,7 +4,7 @@
 //! the configured false-positive rate holds. Scores are mapped to [0, 1] with the calibrated
 //! threshold at 0.5. Scoring is pure and allocation-free.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use extended_isolation_forest::{Forest, ForestOptions};
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ impl Default for TrainOptions {
         TrainOptions {
             trees: 100,
             sample_size: 256,
-            max_client_share: 0.02,
+            max_client_share: 0.005,
             holdout: 0.2,
             target_fpr: 0.005,
         }
@@ -71,6 +71,8 @@ pub struct ForestModel<const N: usize> {
     pub trained_on: usize,
     pub calibrated_on: usize,
     pub target_fpr: f64,
+    /// Clients left out of training and calibration as anomalous as a whole.
+    pub set_aside: usize,
 }
 
 /// The on-disk form, checked when read so that no file can make scoring index out of bounds
@@ -84,6 +86,8 @@ struct Stored {
     trained_on: usize,
     calibrated_on: usize,
     target_fpr: f64,
+    #[serde(default)]
+    set_aside: usize,
 }
 
 impl<const N: usize> TryFrom<Stored> for ForestModel<N> {
@@ -109,6 +113,7 @@ impl<const N: usize> TryFrom<Stored> for ForestModel<N> {
             trained_on: s.trained_on,
             calibrated_on: s.calibrated_on,
             target_fpr: s.target_fpr,
+            set_aside: s.set_aside,
         })
     }
 }
@@ -123,6 +128,7 @@ impl<const N: usize> From<ForestModel<N>> for Stored {
             trained_on: m.trained_on,
             calibrated_on: m.calibrated_on,
             target_fpr: m.target_fpr,
+            set_aside: m.set_aside,
         }
     }
 }
@@ -339,40 +345,80 @@ impl<const N: usize> ForestModel<N> {
         // Every k-th vector is held out: interleaved rather than the last stretch, so that the
         // calibration set covers the same hours and client mix as the training set.
         let every = ((1.0 / opts.holdout.clamp(0.01, 0.5)).round() as usize).max(2);
-        let (hold, train): (Vec<_>, Vec<_>) = data
-            .iter()
-            .enumerate()
-            .partition(|(i, _)| i % every == every - 1);
-        let train: Vec<(u64, [f64; N])> = train.into_iter().map(|(_, v)| *v).collect();
-        let hold: Vec<(u64, [f64; N])> = hold.into_iter().map(|(_, v)| *v).collect();
-        let capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share)
-            .iter()
-            .map(quantize)
-            .collect();
-        let options = ForestOptions {
-            n_trees: opts.trees,
-            sample_size: opts.sample_size.min(capped.len()),
-            max_tree_depth: None,
-            extension_level: 1,
+        let round = |suspects: &HashSet<u64>| -> Result<_, ForestError> {
+            let (hold, train): (Vec<_>, Vec<_>) = data
+                .iter()
+                .filter(|(c, _)| !suspects.contains(c))
+                .enumerate()
+                .partition(|(i, _)| i % every == every - 1);
+            let train: Vec<(u64, [f64; N])> = train.into_iter().map(|(_, v)| *v).collect();
+            let capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share)
+                .iter()
+                .map(quantize)
+                .collect();
+            if capped.len() < need / 2 || hold.is_empty() {
+                return Err(ForestError::TooFew {
+                    got: capped.len() + hold.len(),
+                    need,
+                });
+            }
+            let options = ForestOptions {
+                n_trees: opts.trees,
+                sample_size: opts.sample_size.min(capped.len()),
+                max_tree_depth: None,
+                extension_level: 1,
+            };
+            let forest = Forest::from_slice(&capped, &options)
+                .map_err(|e| ForestError::Forest(e.to_string()))?;
+            let compiled = Compiled::of(&forest, N).map_err(ForestError::Forest)?;
+            // Calibrated with each client's share capped too: a flood left in the log would
+            // otherwise be the top half percent the threshold is set by.
+            let hold: Vec<(u64, [f64; N])> = hold.into_iter().map(|(_, v)| *v).collect();
+            let mut scores: Vec<f64> = cap_clients(&hold, opts.max_client_share / 4.0)
+                .iter()
+                .map(|v| compiled.score(&quantize(v)))
+                .collect();
+            scores.sort_by(f64::total_cmp);
+            let k = ((scores.len() as f64) * (1.0 - opts.target_fpr)).ceil() as usize;
+            let threshold = scores[k.min(scores.len() - 1)];
+            let center = scores[scores.len() / 2].min(threshold);
+            Ok((compiled, threshold, center, capped.len(), scores.len()))
         };
-        let forest = Forest::from_slice(&capped, &options)
-            .map_err(|e| ForestError::Forest(e.to_string()))?;
-        let compiled = Compiled::of(&forest, N).map_err(ForestError::Forest)?;
-        let mut scores: Vec<f64> = hold
-            .iter()
-            .map(|(_, v)| compiled.score(&quantize(v)))
+        // Logs hold attacks the rules do not see (floods, scans, stuffing). Left in, they
+        // teach the forest that they are normal and push the threshold into them. A client
+        // most of whose requests score above the first round's threshold is anomalous as a
+        // whole, not a normal client having an odd moment: the second round trains and
+        // calibrates without such clients.
+        let (first, threshold, ..) = round(&HashSet::new())?;
+        let mut per: HashMap<u64, (u32, u32)> = HashMap::new();
+        for (c, v) in data {
+            let e = per.entry(*c).or_default();
+            e.0 += 1;
+            e.1 += (first.score(&quantize(v)) > threshold) as u32;
+        }
+        let suspects: HashSet<u64> = per
+            .into_iter()
+            .filter(|(_, (n, above))| *n >= SUSPECT_MIN_REQUESTS && 2 * above > *n)
+            .map(|(c, _)| c)
             .collect();
-        scores.sort_by(f64::total_cmp);
-        let k = ((scores.len() as f64) * (1.0 - opts.target_fpr)).ceil() as usize;
-        let threshold = scores[k.min(scores.len() - 1)];
-        let center = scores[scores.len() / 2].min(threshold);
+        let (compiled, threshold, center, trained_on, calibrated_on) = if suspects.is_empty() {
+            round(&suspects)?
+        } else {
+            match round(&suspects) {
+                Ok(r) => r,
+                // Too little left without them: keep everyone.
+                Err(ForestError::TooFew { .. }) => round(&HashSet::new())?,
+                Err(e) => return Err(e),
+            }
+        };
         Ok(ForestModel {
             compiled,
             threshold,
             center,
-            trained_on: capped.len(),
-            calibrated_on: scores.len(),
+            trained_on,
+            calibrated_on,
             target_fpr: opts.target_fpr,
+            set_aside: suspects.len(),
         })
     }
 
@@ -397,6 +443,9 @@ impl<const N: usize> ForestModel<N> {
         crate::ensemble::calibrate(raw, self.center, self.threshold, self.threshold + spread)
     }
 }
+
+/// Clients with fewer requests than this are never set aside as anomalous as a whole.
+const SUSPECT_MIN_REQUESTS: u32 = 5;
 
 /// Steps per unit on the grid features are snapped to before the forest sees them.
 const GRID: f64 = 256.0;

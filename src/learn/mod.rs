@@ -7,13 +7,14 @@
 pub mod transformer;
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::config::Inspection;
 use crate::detectors::forest::{ForestError, ForestModel, TrainOptions};
 use crate::detectors::rules::RuleSet;
 use crate::eval::request_from_record;
-use crate::features::{PostVector, PreVector, RequestFacts, FEATURES_VERSION};
+use crate::features::{PostVector, PreVector, FEATURES_VERSION};
 use crate::models::learned::{canary_outputs, Canary, CANARIES};
 pub use crate::models::learned::{Learned, TrainingSummary};
 
@@ -27,7 +28,9 @@ use crate::detectors::transformer::Transformer;
 use crate::pipeline;
 use crate::record::Record;
 use crate::session::{SessionConfig, Sessions};
-use crate::template::{Miner, MinerConfig, TemplateId, Vocabulary};
+use crate::template::{
+    status_bucket, Miner, MinerConfig, RouteStats, TemplateId, Vocabulary, STATUS_BUCKETS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnError {
@@ -70,7 +73,7 @@ impl Default for TrainConfig {
     }
 }
 
-fn client_hash(key: &str) -> u64 {
+pub fn client_hash(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
     h.finish()
@@ -82,29 +85,82 @@ pub fn record_time(r: &Record) -> f64 {
 }
 
 /// One request through templates, session and features, exactly as the proxy does it
-/// (`pipeline::arrive` and `pipeline::respond`); returns the session key, the template and the
-/// vectors.
+/// (`pipeline::replay`); returns the session key, the template and the vectors.
 fn step(
     vocab: &Vocabulary,
     sessions: &Sessions,
     r: &Record,
 ) -> (String, TemplateId, PreVector, PostVector) {
-    let (method, target, _) = r.request_parts();
-    let template = vocab.lookup(&method, &target);
-    let now = record_time(r);
     let key = sessions.key(&r.client, r.user_agent.as_deref(), None, None);
-    let window = sessions.config().window;
-    let facts = RequestFacts {
-        time: r.time,
-        method: &method,
-        target: target.as_bytes(),
-        unknown_template: template == TemplateId::UNKNOWN,
+    // Tag 0: training sessions hold this vocabulary only.
+    let (template, arrival, post) = pipeline::replay((vocab, 0), sessions, &key, r);
+    (key, template, arrival.features, post)
+}
+
+/// Requests one client contributes to a route's statistics: a log holds attacks the rules
+/// do not see (a brute force makes most of a login route's 401s, an exfiltration most of an
+/// export route's bytes), and what a route usually answers is what most of its clients get.
+const ROUTE_STATS_PER_CLIENT: u32 = 3;
+
+/// What training saw of each route (`Vocabulary::route`), from the rule-clean records.
+fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
+    #[derive(Default, Clone)]
+    struct Acc {
+        sizes: Vec<f64>,
+        status: [f64; STATUS_BUCKETS],
+        n: f64,
+        all: f64,
+        failures: f64,
+    }
+    let mut acc = vec![Acc::default(); vocab.len()];
+    let mut per_client: HashMap<(u64, u32), u32> = HashMap::new();
+    for r in records {
+        let (m, t, _) = r.request_parts();
+        let id = vocab.lookup(&m, &t).0;
+        let Some(a) = acc.get_mut(id as usize) else {
+            continue;
+        };
+        // Rates count everyone: they describe the route's traffic, attacks and all.
+        a.all += 1.0;
+        a.failures += matches!(r.status, 401 | 403) as u8 as f64;
+        let seen = per_client.entry((client_hash(&r.client), id)).or_default();
+        *seen += 1;
+        if *seen > ROUTE_STATS_PER_CLIENT {
+            continue;
+        }
+        a.n += 1.0;
+        a.status[status_bucket(r.status)] += 1.0;
+        if (200..300).contains(&r.status) {
+            a.sizes.push((r.bytes as f64).ln_1p());
+        }
+    }
+    let span = match (records.first(), records.last()) {
+        (Some(a), Some(b)) => (record_time(b) - record_time(a)).max(60.0),
+        _ => 60.0,
     };
-    sessions.with(&key, now, |c| {
-        let a = pipeline::arrive(c, &facts, template, 0, now, window);
-        let post = pipeline::respond(c, &a.features, r.status, r.bytes, now);
-        (key.clone(), template, a.features, post)
-    })
+    acc.iter_mut()
+        .map(|a| {
+            // Median and scaled median absolute deviation: robust where mean and standard
+            // deviation would follow a few huge responses.
+            a.sizes.sort_by(f64::total_cmp);
+            let median = a.sizes.get(a.sizes.len() / 2).copied().unwrap_or(0.0);
+            let mut dev: Vec<f64> = a.sizes.iter().map(|x| (x - median).abs()).collect();
+            dev.sort_by(f64::total_cmp);
+            let mad = dev.get(dev.len() / 2).copied().unwrap_or(0.0) * 1.4826;
+            let mut status = [0f32; STATUS_BUCKETS];
+            for (p, c) in status.iter_mut().zip(a.status) {
+                // Add-half smoothing: a status never seen on a route is rare, not impossible.
+                *p = ((c + 0.5) / (a.n + 0.5 * STATUS_BUCKETS as f64)) as f32;
+            }
+            RouteStats {
+                bytes_mean: median as f32,
+                bytes_std: mad as f32,
+                status,
+                rate: (a.all / span) as f32,
+                failure_rate: (a.failures / span) as f32,
+            }
+        })
+        .collect()
 }
 
 /// Train from parsed records (any order; they are sorted by time, stably).
@@ -138,12 +194,13 @@ pub fn train(
     let mut miner = Miner::new(cfg.miner);
     for (n, r) in clean.iter().enumerate() {
         let (m, t, _) = r.request_parts();
-        miner.add(&m, &t);
+        miner.add_seen(&m, &t, client_hash(&r.client), r.status);
         if n % 5000 == 0 {
             progress("templates", n, clean.len());
         }
     }
-    let vocabulary = miner.finish();
+    let mut vocabulary = miner.finish();
+    vocabulary.set_stats(route_stats(&vocabulary, &clean));
     progress("templates", clean.len(), clean.len());
 
     let sessions = Sessions::new(cfg.session.clone());

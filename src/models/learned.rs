@@ -144,27 +144,13 @@ pub const CANARIES: usize = 24;
 
 /// Replay records through fresh sessions and the learned detectors, as the proxy would.
 pub fn canary_outputs(learned: &Learned, records: &[crate::record::Record]) -> Vec<Canary> {
-    use crate::features::RequestFacts;
     use crate::session::{SessionConfig, Sessions};
     let sessions = Sessions::new(SessionConfig::default());
-    let window = sessions.config().window;
     records
         .iter()
         .map(|r| {
-            let (method, target, _) = r.request_parts();
-            let template = learned.vocabulary.lookup(&method, &target);
-            let now = crate::pipeline::seconds(&r.time);
-            let facts = RequestFacts {
-                time: r.time,
-                method: &method,
-                target: target.as_bytes(),
-                unknown_template: template == crate::template::TemplateId::UNKNOWN,
-            };
-            let (a, post) = sessions.with(&r.client, now, |c| {
-                let a = crate::pipeline::arrive(c, &facts, template, 0, now, window);
-                let post = crate::pipeline::respond(c, &a.features, r.status, r.bytes, now);
-                (a, post)
-            });
+            let (template, a, post) =
+                crate::pipeline::replay((&learned.vocabulary, 0), &sessions, &r.client, r);
             let nll = learned.transformer.as_ref().and_then(|t| {
                 let ctx: Vec<u32> = a.context.iter().map(|t| t.0).collect();
                 t.model
