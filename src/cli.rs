@@ -621,7 +621,12 @@ fn templates(logs: &[PathBuf], max_templates: usize, show: usize) -> anyhow::Res
     });
     for r in &records {
         let (method, target, _) = r.request_parts();
-        miner.add_seen(&method, &target, crate::learn::client_hash(&r.client), r.status);
+        miner.add_seen(
+            &method,
+            &target,
+            crate::learn::client_hash(&r.client),
+            r.status,
+        );
     }
     let vocab = miner.finish();
     let unknown = records

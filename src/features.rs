@@ -27,7 +27,7 @@ pub const FEATURES_VERSION: u32 = 2;
 /// 17 ln(1 + seconds since the client's previous request)
 /// 18 share of the client's recent templates that are this request's template
 /// 19 the route's traffic, all clients, against training: ln((1 + requests in ~60 s) /
-///    (1 + the route's training mean for 60 s))
+///    (1 + requests in a busy minute of training))
 pub const PRE: usize = 20;
 
 /// Post-response features: the 20 above, then
@@ -38,7 +38,7 @@ pub const PRE: usize = 20;
 ///    clamped to ±10 (0 for non-2xx responses)
 /// 25 surprise of the status on this route: -ln P(status bucket | route) from training
 /// 26 for a 401/403: the route's authentication failures, all clients, against training:
-///    ln((1 + failures in ~60 s) / (1 + the route's training mean for 60 s)); else 0
+///    ln((1 + failures in ~60 s) / (1 + failures in a busy minute of training)); else 0
 pub const POST: usize = 27;
 
 pub type PreVector = [f64; PRE];
@@ -109,7 +109,8 @@ pub fn pre(r: &RequestFacts<'_>, client: Option<&ClientState>, window: usize) ->
     } else {
         0.0
     };
-    v[19] = (ln1p(r.site_requests as f64) - ln1p(r.route.rate as f64 * TAU_MEDIUM)).clamp(-20.0, 20.0);
+    v[19] =
+        (ln1p(r.site_requests as f64) - ln1p(r.route.rate as f64 * TAU_MEDIUM)).clamp(-20.0, 20.0);
     if let Some(c) = client {
         v[8] = ln1p(c.rate_short.at(now, TAU_SHORT) as f64);
         v[9] = ln1p(c.rate_medium.at(now, TAU_MEDIUM) as f64);
@@ -121,8 +122,7 @@ pub fn pre(r: &RequestFacts<'_>, client: Option<&ClientState>, window: usize) ->
         v[15] = c.unique_recent() as f64 / window.max(1) as f64;
         v[16] = ln1p(c.gap_mean as f64);
         v[17] = ln1p(now - c.last_seen);
-        v[18] = c.recent.iter().filter(|&&t| t == r.template).count() as f64
-            / window.max(1) as f64;
+        v[18] = c.recent.iter().filter(|&&t| t == r.template).count() as f64 / window.max(1) as f64;
     } else {
         // A client never seen before: no history, and "a long time" since its last request.
         v[17] = ln1p(86_400.0);
@@ -150,7 +150,7 @@ pub fn post(pre: &PreVector, r: &ResponseFacts, client: &ClientState, now: f64) 
     if matches!(r.status, 401 | 403) {
         v[PRE + 6] = (ln1p(r.site_failures as f64)
             - ln1p(r.route.failure_rate as f64 * TAU_MEDIUM))
-            .clamp(-20.0, 20.0);
+        .clamp(-20.0, 20.0);
     }
     v
 }
@@ -234,12 +234,21 @@ mod tests {
         assert!(at(200, 21_000, 0.0)[PRE + 4].abs() < 0.5, "a usual size");
         assert_eq!(at(200, 40_000_000, 0.0)[PRE + 4], 10.0, "a huge export");
         assert!(at(200, 21_000, 0.0)[PRE + 5] < 0.2);
-        assert!(at(404, 5_000, 0.0)[PRE + 5] > 4.0, "this route does not 404");
+        assert!(
+            at(404, 5_000, 0.0)[PRE + 5] > 4.0,
+            "this route does not 404"
+        );
         assert_eq!(at(200, 21_000, 50.0)[PRE + 6], 0.0, "only failures count");
-        assert!(at(401, 900, 50.0)[PRE + 6] > 3.0, "fifty failures a minute, usually one");
+        assert!(
+            at(401, 900, 50.0)[PRE + 6] > 3.0,
+            "fifty failures a minute, usually one"
+        );
         let mut busy = facts("/search?q=a", 6);
         busy.route = route;
         busy.site_requests = 600.0;
-        assert!(pre(&busy, None, 20)[19] > 2.5, "twenty times the route's usual traffic");
+        assert!(
+            pre(&busy, None, 20)[19] > 2.5,
+            "twenty times the route's usual traffic"
+        );
     }
 }

@@ -216,9 +216,7 @@ pub fn replay(
         r.status,
         r.bytes,
     );
-    let post = sessions.with(key, now, |c| {
-        respond(c, &arrival.features, &response, now)
-    });
+    let post = sessions.with(key, now, |c| respond(c, &arrival.features, &response, now));
     (facts.template, arrival, post)
 }
 
@@ -374,7 +372,11 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
     // client behind the same address may well produce, and escalating on it blocked them.
     let behaviour = |v: &Verdict| {
         v.detectors.iter().any(|d| {
-            d.vote && matches!(d.detector, DetectorKind::ForestPre | DetectorKind::ForestPost)
+            d.vote
+                && matches!(
+                    d.detector,
+                    DetectorKind::ForestPre | DetectorKind::ForestPost
+                )
         })
     };
     let strike = pre.decision.attack

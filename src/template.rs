@@ -438,7 +438,8 @@ pub struct RouteStats {
     pub bytes_std: f32,
     /// Smoothed probability of each status bucket (`status_bucket`).
     pub status: [f32; STATUS_BUCKETS],
-    /// Requests, and 401/403 answers, per second over the training span.
+    /// Requests, and 401/403 answers, per second in a busy minute of training (the 90th
+    /// percentile of per-minute counts).
     pub rate: f32,
     pub failure_rate: f32,
 }
@@ -681,7 +682,10 @@ mod tests {
         let v = m.finish();
         let texts: Vec<&str> = v.templates().iter().map(|t| t.text.as_str()).collect();
         assert!(texts.contains(&"GET /cart"), "{texts:?}");
-        assert!(texts.contains(&"POST /login"), "a 401 is an answer: {texts:?}");
+        assert!(
+            texts.contains(&"POST /login"),
+            "a 401 is an answer: {texts:?}"
+        );
         assert!(!texts.contains(&"GET /prodcuts"), "{texts:?}");
         assert!(!texts.contains(&"GET /phpmyadmin/"), "{texts:?}");
     }

@@ -382,41 +382,57 @@ impl<const N: usize> ForestModel<N> {
             let k = ((scores.len() as f64) * (1.0 - opts.target_fpr)).ceil() as usize;
             let threshold = scores[k.min(scores.len() - 1)];
             let center = scores[scores.len() / 2].min(threshold);
-            Ok((compiled, threshold, center, capped.len(), scores.len()))
+            Ok(Round {
+                compiled,
+                threshold,
+                center,
+                trained_on: capped.len(),
+                calibrated_on: scores.len(),
+            })
         };
         // Logs hold attacks the rules do not see (floods, scans, stuffing). Left in, they
         // teach the forest that they are normal and push the threshold into them. A client
-        // most of whose requests score above the first round's threshold is anomalous as a
-        // whole, not a normal client having an odd moment: the second round trains and
-        // calibrates without such clients.
-        let (first, threshold, ..) = round(&HashSet::new())?;
-        let mut per: HashMap<u64, (u32, u32)> = HashMap::new();
-        for (c, v) in data {
-            let e = per.entry(*c).or_default();
-            e.0 += 1;
-            e.1 += (first.score(&quantize(v)) > threshold) as u32;
-        }
-        let suspects: HashSet<u64> = per
-            .into_iter()
-            .filter(|(_, (n, above))| *n >= SUSPECT_MIN_REQUESTS && 2 * above > *n)
-            .map(|(c, _)| c)
-            .collect();
-        let (compiled, threshold, center, trained_on, calibrated_on) = if suspects.is_empty() {
-            round(&suspects)?
-        } else {
-            match round(&suspects) {
-                Ok(r) => r,
-                // Too little left without them: keep everyone.
-                Err(ForestError::TooFew { .. }) => round(&HashSet::new())?,
+        // a quarter of whose requests score above a round's threshold is anomalous as a whole,
+        // not a normal client having an odd moment (at a 0.5% target that is fifty times the
+        // normal share): the next round trains and calibrates without such clients, and its
+        // lower threshold may reveal more.
+        let mut suspects = HashSet::new();
+        let mut result = round(&suspects)?;
+        for _ in 0..SUSPECT_ROUNDS {
+            let mut per: HashMap<u64, (u32, u32)> = HashMap::new();
+            for (c, v) in data.iter().filter(|(c, _)| !suspects.contains(c)) {
+                let e = per.entry(*c).or_default();
+                e.0 += 1;
+                e.1 += result.flags(&quantize(v)) as u32;
+            }
+            let found: Vec<u64> = per
+                .into_iter()
+                .filter(|(_, (n, above))| {
+                    *n >= SUSPECT_MIN_REQUESTS && (*above as f64) > SUSPECT_SHARE * *n as f64
+                })
+                .map(|(c, _)| c)
+                .collect();
+            if found.is_empty() {
+                break;
+            }
+            let mut wider = suspects.clone();
+            wider.extend(found);
+            match round(&wider) {
+                Ok(r) => {
+                    result = r;
+                    suspects = wider;
+                }
+                // Too little left without them: keep what we have.
+                Err(ForestError::TooFew { .. }) => break,
                 Err(e) => return Err(e),
             }
-        };
+        }
         Ok(ForestModel {
-            compiled,
-            threshold,
-            center,
-            trained_on,
-            calibrated_on,
+            compiled: result.compiled,
+            threshold: result.threshold,
+            center: result.center,
+            trained_on: result.trained_on,
+            calibrated_on: result.calibrated_on,
             target_fpr: opts.target_fpr,
             set_aside: suspects.len(),
         })
@@ -444,8 +460,27 @@ impl<const N: usize> ForestModel<N> {
     }
 }
 
+/// One training round's result.
+struct Round {
+    compiled: Compiled,
+    threshold: f64,
+    center: f64,
+    trained_on: usize,
+    calibrated_on: usize,
+}
+
+impl Round {
+    fn flags(&self, q: &[f64]) -> bool {
+        self.compiled.score(q) > self.threshold
+    }
+}
+
 /// Clients with fewer requests than this are never set aside as anomalous as a whole.
 const SUSPECT_MIN_REQUESTS: u32 = 5;
+/// Share of a client's requests above threshold that sets it aside.
+const SUSPECT_SHARE: f64 = 0.25;
+/// Rounds of setting aside after the first training.
+const SUSPECT_ROUNDS: usize = 3;
 
 /// Steps per unit on the grid features are snapped to before the forest sees them.
 const GRID: f64 = 256.0;

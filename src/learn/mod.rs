@@ -109,8 +109,8 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
         sizes: Vec<f64>,
         status: [f64; STATUS_BUCKETS],
         n: f64,
-        all: f64,
-        failures: f64,
+        /// Requests and 401/403 answers per minute of the training span.
+        minutes: HashMap<i64, (u32, u32)>,
     }
     let mut acc = vec![Acc::default(); vocab.len()];
     let mut per_client: HashMap<(u64, u32), u32> = HashMap::new();
@@ -120,9 +120,12 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
         let Some(a) = acc.get_mut(id as usize) else {
             continue;
         };
-        // Rates count everyone: they describe the route's traffic, attacks and all.
-        a.all += 1.0;
-        a.failures += matches!(r.status, 401 | 403) as u8 as f64;
+        let minute = a
+            .minutes
+            .entry(r.time.timestamp().div_euclid(60))
+            .or_default();
+        minute.0 += 1;
+        minute.1 += matches!(r.status, 401 | 403) as u32;
         let seen = per_client.entry((client_hash(&r.client), id)).or_default();
         *seen += 1;
         if *seen > ROUTE_STATS_PER_CLIENT {
@@ -134,9 +137,9 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
             a.sizes.push((r.bytes as f64).ln_1p());
         }
     }
-    let span = match (records.first(), records.last()) {
-        (Some(a), Some(b)) => (record_time(b) - record_time(a)).max(60.0),
-        _ => 60.0,
+    let span_minutes = match (records.first(), records.last()) {
+        (Some(a), Some(b)) => ((record_time(b) - record_time(a)) / 60.0).ceil().max(1.0) as usize,
+        _ => 1,
     };
     acc.iter_mut()
         .map(|a| {
@@ -156,11 +159,24 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
                 bytes_mean: median as f32,
                 bytes_std: mad as f32,
                 status,
-                rate: (a.all / span) as f32,
-                failure_rate: (a.failures / span) as f32,
+                rate: busy_minute(a.minutes.values().map(|m| m.0), span_minutes) / 60.0,
+                failure_rate: busy_minute(a.minutes.values().map(|m| m.1), span_minutes) / 60.0,
             }
         })
         .collect()
+}
+
+/// A busy minute of a route: the 90th percentile of its per-minute counts over the training
+/// span (quiet minutes included). A flood or a stuffing run in the log fills a few minutes and
+/// moves a mean, not this.
+fn busy_minute(counts: impl Iterator<Item = u32>, minutes: usize) -> f32 {
+    let mut c: Vec<u32> = counts.collect();
+    c.resize(c.len().max(minutes), 0);
+    c.sort_unstable();
+    let i = ((c.len() as f64) * 0.9) as usize;
+    c.get(i.min(c.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0) as f32
 }
 
 /// Train from parsed records (any order; they are sorted by time, stably).
