@@ -4,6 +4,11 @@
 #   upstream   the upstream directly (nginx answering a fixed 200)
 #   off        vigil with mode: off (proxying only)
 #   block      vigil with mode: block and the shipped rule packs
+#   full       as block, plus the shipped model set (templates, sessions, both forests, the
+#              transformer): every detector runs on every request. Learned verdicts are
+#              capped at detect and escalation is off, so that every request still reaches
+#              the upstream (one wrk client at thousands of requests/s is a flood to the
+#              forest, and blocked requests would cost less, flattering the column)
 #   modsec     nginx + ModSecurity 3 + OWASP CRS 3.3.4 (PL1, blocking), when the Debian
 #              packages libnginx-mod-http-modsecurity and modsecurity-crs are installed
 # and prints requests/s and p50/p99 latency side by side. Bounded: DURATION seconds per
@@ -59,8 +64,9 @@ CONF
 UP=$(port)
 nginx_conf upstream "$UP" 'location / { return 200 "ok\n"; }' ""
 
-vigil() { # name mode -> sets PORT (no command substitution: a subshell would run the EXIT trap)
+vigil() { # name mode [extra yaml] -> sets PORT (no command substitution: a subshell would run the EXIT trap)
   local p; p=$(port)
+  local extra=${3:-'models: {dir: "off"}'}
   cat > "$work/$1.yaml" <<CONF
 listen: [{address: 127.0.0.1:$p}]
 upstream: {servers: [127.0.0.1:$UP]}
@@ -68,6 +74,7 @@ server: {threads: 1, pid_file: $work/$1.pid, upgrade_sock: $work/$1.sock}
 logging: {access_log: $work/$1.access.log, decision_log: "off"}
 rules: {paths: [$PWD/rules]}
 policy: {mode: $2}
+$extra
 CONF
   VIGIL_LOG=warn "$VIGIL" serve --config "$work/$1.yaml" 2>"$work/$1.err" & pids+=($!)
   wait_port "$p"
@@ -75,6 +82,7 @@ CONF
 }
 vigil off off; OFF=$PORT
 vigil block block; BLOCK=$PORT
+vigil full block "$(printf 'models: {dir: %s/models}\nensemble: {max_action: detect}\nescalation: {enabled: false}' "$PWD")"; FULL=$PORT
 
 MODSEC=""
 MODULE=/usr/lib/nginx/modules/ngx_http_modsecurity_module.so
@@ -107,5 +115,6 @@ printf "%-10s %12s %10s %10s\n" target "requests/s" p50 p99
 run upstream "$UP"
 run off "$OFF"
 run block "$BLOCK"
+run full "$FULL"
 [ -n "$MODSEC" ] && run modsec "$MODSEC"
-awk '$1=="off" {off=$2} $1=="block" {b=$2} END { if (off > 0) printf "block / off throughput: %.1f%%\n", 100*b/off }' "$work/rps"
+awk '$1=="off" {off=$2} $1=="block" {b=$2} $1=="full" {f=$2} END { if (off > 0) printf "block / off throughput: %.1f%%; full / off: %.1f%%\n", 100*b/off, 100*f/off }' "$work/rps"

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use vigil::config::Config;
@@ -60,7 +60,7 @@ impl Case {
 fn shipped_rules_judge_every_case_as_written() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cfg = Config::load(&root.join("config.yaml")).expect("shipped config");
-    let rules = RuleSet::load(&[PathBuf::from(root.join("rules"))]).expect("shipped rules");
+    let rules = RuleSet::load(&[root.join("rules")]).expect("shipped rules");
     let text = std::fs::read_to_string(root.join("tests/rule_cases.yaml")).unwrap();
     let file: CaseFile = serde_yaml::from_str(&text).expect("tests/rule_cases.yaml parses");
     assert!(file.cases.len() > 50, "the case file looks truncated");

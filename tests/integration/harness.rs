@@ -138,8 +138,17 @@ async fn handle(
         .iter()
         .find(|(k, _)| k == "x-test-status")
         .and_then(|(_, v)| v.parse::<u16>().ok());
+    // And a body of any size (scenarios: a page as large as the shop's real one).
+    let size = s
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-test-bytes")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
     let resp = if let Some(code) = asked {
-        full(code, format!("status {code}\n").into_bytes())
+        match size {
+            Some(n) => full(code, vec![b'x'; n]),
+            None => full(code, format!("status {code}\n").into_bytes()),
+        }
     } else if let Some(code) = path.strip_prefix("/status/") {
         full(
             code.parse().unwrap_or(500),

@@ -11,3 +11,4 @@ mod logs;
 mod policy;
 mod proxying;
 mod reload;
+mod scenarios;

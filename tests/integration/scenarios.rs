@@ -1,8 +1,10 @@
 //! The research prototype's demonstration scenarios, asserted through the real proxy with the
 //! shipped model set (`models/`, trained by `vigil train` on the simulated shop). The
 //! prototype's generic API paths are mapped onto the shop's routes, which the model knows;
-//! the upstream answers with the statuses each scenario gives (`x-test-status`). Clients are
-//! told apart by `X-Forwarded-For` from a trusted loopback proxy.
+//! the upstream answers with the statuses each scenario gives (`x-test-status`) and with a
+//! body the size the shop's page has (`x-test-bytes`: a home page of 11 bytes is itself an
+//! anomaly to a model that knows the site). Clients are told apart by `X-Forwarded-For` from a
+//! trusted loopback proxy.
 
 use crate::harness::{send, Setup, Upstream, Vigil};
 
@@ -26,6 +28,7 @@ fn req(
     status: u16,
 ) -> (u16, serde_json::Value) {
     let id = format!("s-{}", rand_id());
+    let size = typical_size(method, target, status);
     let body = if method == "POST" || method == "PUT" {
         "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\na=1&b=2"
     } else {
@@ -34,11 +37,39 @@ fn req(
     let r = send(
         v.addr,
         &format!(
-            "{method} {target} HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: {ua}\r\nX-Forwarded-For: {client}\r\nX-Request-Id: {id}\r\nX-Test-Status: {status}\r\nConnection: close\r\n{body}"
+            "{method} {target} HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: {ua}\r\nX-Forwarded-For: {client}\r\nX-Request-Id: {id}\r\nX-Test-Status: {status}\r\nX-Test-Bytes: {size}\r\nConnection: close\r\n{body}"
         ),
     );
     let d = v.decision(&id);
     (r.status, d)
+}
+
+/// What the simulated shop sends for a request (redirects and errors carry small bodies).
+fn typical_size(method: &str, target: &str, status: u16) -> usize {
+    let path = target.split('?').next().unwrap_or(target);
+    match (status, method) {
+        (301 | 302, _) => 0,
+        (401, _) => 9_300,
+        (403, _) => 548,
+        (404, _) => 5_114,
+        (_, "POST" | "PUT") => 412,
+        _ if path == "/" => 44_400,
+        _ if path.starts_with("/static/css/") => 18_400,
+        _ if path.starts_with("/static/js/") => 42_600,
+        _ if path.starts_with("/static/fonts/") => 48_255,
+        _ if path == "/favicon.ico" => 15_086,
+        _ if path.starts_with("/images/products/") => 132_700,
+        _ if path == "/api/v1/cart" => 553,
+        _ if path == "/api/v1/products" => 8_650,
+        _ if path == "/api/v1/config" => 1_143,
+        _ if path.starts_with("/api/v1/") => 1_200,
+        _ if path.starts_with("/products") => 30_660,
+        _ if path == "/cart" => 17_690,
+        _ if path.starts_with("/checkout") => 13_540,
+        _ if path.starts_with("/admin") => 26_000,
+        _ if path == "/login" => 8_950,
+        _ => 20_000,
+    }
 }
 
 fn rand_id() -> String {
@@ -63,24 +94,24 @@ fn fused(d: &serde_json::Value) -> f64 {
 
 #[test]
 fn scenario_1_a_normal_api_workflow_is_not_flagged() {
+    // The prototype's "list users three times, read a profile twice", as the shop's mobile
+    // app does it: start-up calls, three pages of the catalogue, two product details (each
+    // with its picture).
     let up = Upstream::start();
     let v = start(&up, "block");
     let c = "203.0.113.10";
-    for page in 1..=3 {
-        let (s, d) = req(
-            &v,
-            c,
-            "GET",
-            &format!("/api/v1/products?page={page}&limit=24"),
-            APP_UA,
-            200,
-        );
-        assert_eq!(s, 200, "{d}");
-        assert!(!flagged(&d), "normal API call flagged: {d}");
+    let mut calls = vec!["/api/v1/config".to_string(), "/api/v1/users/me".to_string()];
+    calls.push("/api/v1/products?page=1&limit=20".to_string());
+    calls.extend(
+        (2..=3).map(|page| format!("/api/v1/products?category=boots&page={page}&limit=20")),
+    );
+    for id in [1042, 2231] {
+        calls.push(format!("/api/v1/products/{id}"));
+        calls.push(format!("/images/products/{id}.jpg?w=600"));
     }
-    for _ in 0..2 {
-        let (s, d) = req(&v, c, "GET", "/api/v1/users/me", APP_UA, 200);
-        assert_eq!(s, 200, "{d}");
+    for target in &calls {
+        let (s, d) = req(&v, c, "GET", target, APP_UA, 200);
+        assert_eq!(s, 200, "{target}: {d}");
         assert!(!flagged(&d), "normal API call flagged: {d}");
     }
 }
@@ -238,17 +269,39 @@ fn scores_evolve_within_a_session_and_sessions_are_independent() {
         "/cgi-bin/x",
         "/v1/",
     ];
-    for (i, p) in paths.iter().enumerate() {
+    // A browser visit as the shop's customers make them: a page, its assets on the first
+    // view, the cart widget's API call; add to cart, then the cart.
+    let visit: &[(&str, &str, u16)] = &[
+        ("GET", "/", 200),
+        ("GET", "/static/css/app.0d0e32ff.css", 200),
+        ("GET", "/static/js/vendor.d04e1840.js", 200),
+        ("GET", "/static/js/app.1a89a77f.js", 200),
+        ("GET", "/static/fonts/inter-var.woff2", 200),
+        ("GET", "/favicon.ico", 200),
+        ("GET", "/api/v1/cart", 200),
+        ("GET", "/products/1042", 200),
+        ("GET", "/images/products/1042.jpg", 200),
+        ("GET", "/api/v1/cart", 200),
+        ("POST", "/cart/add", 302),
+        ("GET", "/cart", 200),
+        ("GET", "/api/v1/cart", 200),
+        ("GET", "/products/2231", 200),
+        ("GET", "/images/products/2231.jpg", 200),
+        ("GET", "/api/v1/cart", 200),
+    ];
+    let mut shop = visit.iter();
+    for p in paths.iter() {
         let (_, d) = req(&v, scanner, "GET", p, BROWSER_UA, 404);
         scan.push(fused(&d));
         // The shopper browses meanwhile and stays unflagged.
-        let page = ["/", "/products", "/products/1042", "/cart"][i % 4];
-        let (_, s) = req(&v, shopper, "GET", page, BROWSER_UA, 200);
-        assert!(
-            !flagged(&s),
-            "the shopper is judged on its own session: {s}"
-        );
-        assert_eq!(s["escalated"], false);
+        for (method, page, status) in shop.by_ref().take(2) {
+            let (_, s) = req(&v, shopper, method, page, BROWSER_UA, *status);
+            assert!(
+                !flagged(&s),
+                "the shopper is judged on its own session: {s}"
+            );
+            assert_eq!(s["escalated"], false);
+        }
     }
     let early = scan[..3].iter().sum::<f64>() / 3.0;
     let late = scan[scan.len() - 3..].iter().sum::<f64>() / 3.0;
