@@ -43,8 +43,10 @@ pub enum Command {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
     },
-    /// Train the learned detectors (templates, pre-upstream and post-response isolation
-    /// forests) from existing combined-format access logs, on the requests the rules pass.
+    /// Train the learned detectors (request templates with per-route statistics, the
+    /// pre-upstream and post-response isolation forests, the transformer over template
+    /// sequences) from existing combined-format access logs, on the requests the rules pass,
+    /// and write a model set that `vigil serve` loads.
     Train {
         /// Access log (nginx/Apache combined or common format); repeatable.
         #[arg(long, required = true)]
@@ -58,7 +60,8 @@ pub enum Command {
         /// Target false-positive rate the forests and the transformer are calibrated to.
         #[arg(long, default_value_t = 0.005)]
         target_fpr: f64,
-        /// Templates kept (most frequent first); rarer routes become the unknown template.
+        /// Templates kept (most frequent first); rarer routes, and paths fewer than two clients
+        /// asked for or that were mostly answered 404, become the unknown template.
         #[arg(long, default_value_t = 2000)]
         max_templates: usize,
         /// Skip the transformer (templates and forests only).
