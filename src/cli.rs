@@ -559,6 +559,15 @@ fn score(
         writeln!(out, "{v}")?;
     }
     out.flush()?;
+    if let Some(t) = set.learned.as_ref().and_then(|l| l.transformer.as_ref()) {
+        let (hits, misses) = t.cache_stats();
+        eprintln!(
+            "transformer: {} of {} scores ({:.1}%) answered from its cache, {misses} by running the model",
+            hits,
+            hits + misses,
+            100.0 * hits as f64 / (hits + misses).max(1) as f64
+        );
+    }
     Ok(0)
 }
 

@@ -502,6 +502,9 @@ pub struct Transformer {
     pub model: SequenceModel,
     pub calibration: NllCalibration,
     cache: Vec<std::sync::Mutex<Vec<(u64, f32)>>>,
+    /// Scores answered from the cache, and by running the model.
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -522,7 +525,15 @@ impl Transformer {
             cache: (0..CACHE_SHARDS)
                 .map(|_| std::sync::Mutex::new(vec![(0, f32::NAN); per]))
                 .collect(),
+            hits: Default::default(),
+            misses: Default::default(),
         }
+    }
+
+    /// Requests scored from the cache and by running the model, since load.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
     /// What the model's input is built from: the last W templates (or all of them after BOS
@@ -566,9 +577,14 @@ impl Transformer {
                 .filter(|e| e.0 == key)
                 .map(|e| e.1),
         };
+        use std::sync::atomic::Ordering::Relaxed;
         let nll = match hit {
-            Some(n) => n,
+            Some(n) => {
+                self.hits.fetch_add(1, Relaxed);
+                n
+            }
             None => {
+                self.misses.fetch_add(1, Relaxed);
                 let n = match self.model.nll(&ctx, session_start, current.0) {
                     Ok(n) if n.is_finite() => n,
                     Ok(_) => return None,
