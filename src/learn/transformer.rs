@@ -73,8 +73,8 @@ pub struct LmConfig {
 }
 
 impl Default for LmConfig {
-    /// Sized for vigil's budgets: about 25 us per request on one core with tract and a few
-    /// tens of seconds of training on 150k requests (see the crate README for measurements).
+    /// Sized for vigil's budgets: about 77 us per uncached inference with tract on the 2-core
+    /// development machine and under 30 s of training on 150k requests (README, Performance).
     fn default() -> Self {
         Self {
             window: 16,
