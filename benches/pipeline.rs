@@ -173,6 +173,28 @@ fn bench_stages(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("pre", |b| b.iter(|| learned.pre.score(black_box(&pre))));
     g.bench_function("post", |b| b.iter(|| learned.post.score(black_box(&post))));
+    // Scoring one vector over and over keeps its paths in cache; live traffic does not.
+    // 4096 different vectors (rates, sizes, gaps varied) walk different paths.
+    let varied: Vec<_> = (0..4096u32)
+        .map(|i| {
+            let mut v = post;
+            let f = |k: u32, m: u32| (i.wrapping_mul(k) % m) as f64 / m as f64;
+            v[2] += f(7, 13) * 2.0;
+            v[8] += f(11, 17) * 4.0;
+            v[9] += f(13, 19) * 4.0;
+            v[14] += f(17, 23) * 2.0;
+            v[17] = f(19, 29) * 8.0;
+            v[features::PRE + 1] += f(23, 31) * 3.0 - 1.5;
+            v
+        })
+        .collect();
+    g.bench_function("post_varied", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % varied.len();
+            learned.post.score(black_box(&varied[i]))
+        })
+    });
     g.finish();
 }
 

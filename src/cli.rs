@@ -57,7 +57,8 @@ pub enum Command {
         /// Configuration whose rule packs and threshold decide what is excluded from training.
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
-        /// Target false-positive rate the forests and the transformer are calibrated to.
+        /// Target false-positive rate each detector (both forests, the transformer) is
+        /// calibrated to on held-out traffic; the ensemble's rate is up to their sum.
         #[arg(long, default_value_t = 0.005)]
         target_fpr: f64,
         /// Templates kept (most frequent first); rarer routes, and paths fewer than two clients
@@ -152,6 +153,10 @@ pub enum Command {
         /// Share of --traffic (from its start) used for training.
         #[arg(long, default_value_t = 0.5)]
         train_share: f64,
+        /// Per-detector target false-positive rate for the training of --traffic (as
+        /// `vigil train --target-fpr`).
+        #[arg(long, default_value_t = 0.005)]
+        target_fpr: f64,
         /// Also write the --traffic report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -222,6 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             traffic,
             labels,
             train_share,
+            target_fpr,
             json,
         } => {
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -230,7 +236,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?,
             );
             if let (Some(log), Some(labels)) = (&traffic, &labels) {
-                eval_traffic(&cfg, &rules, log, labels, train_share, json.as_deref())?;
+                if !(target_fpr > 0.0 && target_fpr <= 0.5) {
+                    bail!("--target-fpr must be in (0, 0.5], got {target_fpr}");
+                }
+                eval_traffic(
+                    &cfg,
+                    &rules,
+                    log,
+                    labels,
+                    (train_share, target_fpr),
+                    json.as_deref(),
+                )?;
                 if payloads.is_empty()
                     && crs.is_empty()
                     && access_log.is_empty()
@@ -351,21 +367,23 @@ fn eval_traffic(
     rules: &std::sync::Arc<RuleSet>,
     log: &std::path::Path,
     labels: &std::path::Path,
-    train_share: f64,
+    (train_share, target_fpr): (f64, f64),
     json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let lines = eval::traffic::load_labeled(log, labels)?;
     let mut bar = Progress::default();
+    let mut train = crate::learn::TrainConfig {
+        rule_threshold: cfg.policy.threshold,
+        session: cfg.sessions.clone(),
+        ..Default::default()
+    };
+    train.forest.target_fpr = target_fpr;
     let report = eval::traffic::evaluate(
         cfg,
         rules,
         &lines,
         train_share,
-        &crate::learn::TrainConfig {
-            rule_threshold: cfg.policy.threshold,
-            session: cfg.sessions.clone(),
-            ..Default::default()
-        },
+        &train,
         |stage, done, total| bar.show(stage, done, total),
     )?;
     bar.finish();

@@ -41,6 +41,8 @@ impl Default for TrainOptions {
             sample_size: 256,
             max_client_share: 0.005,
             holdout: 0.2,
+            // Per detector; the ensemble's rate is up to the sum (README: 0.2% per detector
+            // keeps the ensemble under 0.5% on the simulator, at a cost in recall).
             target_fpr: 0.005,
         }
     }
@@ -106,8 +108,10 @@ impl<const N: usize> TryFrom<Stored> for ForestModel<N> {
             ));
         }
         s.forest.validate(N)?;
+        let mut compiled = s.forest;
+        compiled.pack();
         Ok(ForestModel {
-            compiled: s.forest,
+            compiled,
             threshold: s.threshold,
             center: s.center,
             trained_on: s.trained_on,
@@ -145,6 +149,26 @@ struct Compiled {
     nodes: Vec<Node>,
     /// (feature, intercept, normal) of every split's non-zero normal components.
     terms: Vec<(u32, f64, f64)>,
+    /// `nodes` with their terms inline, one cache line each, built once the rest is
+    /// validated (`pack`); empty if a split has more than two terms.
+    #[serde(skip)]
+    packed: Vec<Packed>,
+}
+
+/// A node and its split's terms in one cache line. Scoring walks ~9 nodes in each of 100
+/// trees over megabytes of nodes; with the terms in their own array every level cost two
+/// cache misses, and under load with varied requests forest traversal was the proxy's
+/// largest cost. Same arithmetic in the same order as `Compiled::score`'s other path.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Packed {
+    /// 0 for a leaf (its value in `p[0]`), else the number of terms (1 or 2).
+    len: u32,
+    left: u32,
+    right: u32,
+    f: [u32; 2],
+    p: [f64; 2],
+    n: [f64; 2],
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -197,6 +221,7 @@ impl Compiled {
             roots: Vec::with_capacity(lib.trees.len()),
             nodes: Vec::new(),
             terms: Vec::new(),
+            packed: Vec::new(),
         };
         for t in &lib.trees {
             let root = c.add(&t.root, 0, features)?;
@@ -205,7 +230,39 @@ impl Compiled {
         if c.roots.is_empty() {
             return Err("the forest has no trees".into());
         }
+        c.pack();
         Ok(c)
+    }
+
+    /// Build `packed` (only ever after `validate` or construction, so indices are in range).
+    fn pack(&mut self) {
+        let mut packed = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let mut p = Packed::default();
+            match *node {
+                Node::Leaf(v) => p.p[0] = v,
+                Node::Split(start, len, left, right) => {
+                    let terms = self
+                        .terms
+                        .get(start as usize..(start as usize + len as usize))
+                        .unwrap_or(&[]);
+                    if terms.is_empty() || terms.len() > 2 || terms.len() != len as usize {
+                        self.packed = Vec::new();
+                        return;
+                    }
+                    p.len = len;
+                    p.left = left;
+                    p.right = right;
+                    for (k, &(f, pi, ni)) in terms.iter().enumerate() {
+                        p.f[k] = f;
+                        p.p[k] = pi;
+                        p.n[k] = ni;
+                    }
+                }
+            }
+            packed.push(p);
+        }
+        self.packed = packed;
     }
 
     fn add(&mut self, node: &LibNode, depth: usize, features: usize) -> Result<u32, String> {
@@ -285,6 +342,9 @@ impl Compiled {
     }
 
     fn score(&self, x: &[f64]) -> f64 {
+        if !self.packed.is_empty() {
+            return self.score_packed(x);
+        }
         let path_length: f64 = self
             .roots
             .iter()
@@ -301,6 +361,29 @@ impl Compiled {
                             i = if d <= 0.0 { left } else { right } as usize;
                         }
                     }
+                }
+            })
+            .sum();
+        let eh = path_length / self.roots.len() as f64;
+        2.0_f64.powf(-eh / self.avg_path_length_c)
+    }
+
+    fn score_packed(&self, x: &[f64]) -> f64 {
+        let path_length: f64 = self
+            .roots
+            .iter()
+            .map(|&root| {
+                let mut i = root as usize;
+                loop {
+                    let n = &self.packed[i];
+                    if n.len == 0 {
+                        return n.p[0];
+                    }
+                    let mut d = 0.0;
+                    for k in 0..n.len as usize {
+                        d += (x[n.f[k] as usize] - n.p[k]) * n.n[k];
+                    }
+                    i = if d <= 0.0 { n.left } else { n.right } as usize;
                 }
             })
             .sum();
@@ -615,6 +698,12 @@ mod tests {
         let forest = Forest::from_slice(&data, &options).unwrap();
         let compiled = Compiled::of(&forest, 3).unwrap();
         compiled.validate(3).unwrap();
+        assert!(
+            !compiled.packed.is_empty(),
+            "extension level 1: two terms per split"
+        );
+        let mut unpacked = compiled.clone();
+        unpacked.packed.clear();
         let mut seed = 99;
         for _ in 0..2000 {
             let v = quantize(&[
@@ -623,6 +712,7 @@ mod tests {
                 lcg(&mut seed) * 8.0,
             ]);
             assert_eq!(forest.score(&v), compiled.score(&v), "{v:?}");
+            assert_eq!(forest.score(&v), unpacked.score(&v), "{v:?}");
         }
     }
 
