@@ -15,7 +15,7 @@ use crate::models::ModelSet;
 #[command(
     name = "vigil",
     version,
-    about = "Inline inspection proxy: rebuilds each request's access-log record, scores it against attack signatures and logs, tags or blocks it."
+    about = "Inline inspection proxy: rebuilds each request's access-log record, scores it with attack signatures and detectors learned from the site's own logs, and logs, tags or blocks it."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy. SIGHUP reloads policy and rule packs, SIGUSR1 reopens log files,
+    /// Run the proxy. SIGHUP reloads policy, rule packs and the model set, SIGUSR1 reopens log files,
     /// SIGTERM stops gracefully, SIGQUIT hands the listeners to a new process started with
     /// --upgrade.
     Serve {
@@ -117,7 +117,8 @@ pub enum Command {
         labels: Option<PathBuf>,
     },
     /// Measure the rule engine on labelled corpora: detection per category on attacks,
-    /// false positives on benign traffic.
+    /// false positives on benign traffic; with --traffic/--labels, train on the earlier part
+    /// of a labelled log and measure the whole ensemble on the rest.
     Eval {
         /// Configuration whose rule packs, inspection limits and threshold are evaluated.
         #[arg(short, long, default_value = "config.yaml")]
