@@ -652,7 +652,7 @@ fn templates(logs: &[PathBuf], max_templates: usize, show: usize) -> anyhow::Res
     });
     for r in &records {
         let (method, target, _) = r.request_parts();
-        miner.add_seen(
+        miner.add(
             &method,
             &target,
             crate::learn::client_hash(&r.client),

@@ -205,9 +205,8 @@ pub fn replay(
     let site = sessions.site();
     let facts = request_facts(Some(vocabulary), site, r.time, &method, target.as_bytes());
     let agent = agent_hash(r.user_agent.as_deref());
-    let arrival = sessions.with(key, now, |c| {
-        arrive(c, &facts, vocabulary.1, now, window, agent)
-    });
+    // The site-wide counts do not depend on the client's state, so the response's can be
+    // taken before the client is locked, once for both stages.
     let response = response_facts(
         Some(vocabulary),
         site,
@@ -216,7 +215,11 @@ pub fn replay(
         r.status,
         r.bytes,
     );
-    let post = sessions.with(key, now, |c| respond(c, &arrival.features, &response, now));
+    let (arrival, post) = sessions.with(key, now, |c| {
+        let a = arrive(c, &facts, vocabulary.1, now, window, agent);
+        let post = respond(c, &a.features, &response, now);
+        (a, post)
+    });
     (facts.template, arrival, post)
 }
 

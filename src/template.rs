@@ -113,7 +113,7 @@ impl Shape {
     }
 }
 
-/// Mask one path segment: variable-looking tokens become typed placeholders; a file name
+/// Mask one path segment: variable-looking tokens become typed masks (`<num>`, `<hex>`, ...); a file name
 /// keeps its extension (`<num>.png`).
 fn mask_segment(seg: &str) -> String {
     if seg.is_empty() {
@@ -154,7 +154,7 @@ fn mask_query_key(k: &str) -> String {
     out
 }
 
-/// The placeholder for a variable token, or the token itself.
+/// The typed mask for a variable token, or the token itself.
 pub fn mask_token(t: &str) -> String {
     let b = t.as_bytes();
     let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
@@ -298,8 +298,6 @@ pub struct Miner {
     config: MinerConfig,
     clusters: Vec<Cluster>,
     buckets: HashMap<String, Vec<usize>>,
-    /// Requests added without a client (`add`).
-    anonymous: u64,
 }
 
 impl Miner {
@@ -308,20 +306,12 @@ impl Miner {
             config,
             clusters: Vec::new(),
             buckets: HashMap::new(),
-            anonymous: 0,
         }
-    }
-
-    /// Add one request (method and raw target) to the clusters, as if every request came from
-    /// a distinct client and was answered 200 (for request lines without a log around them).
-    pub fn add(&mut self, method: &str, target: &str) {
-        self.anonymous += 1;
-        self.add_seen(method, target, self.anonymous, 200);
     }
 
     /// Add one request from a log: `client` identifies who sent it (any stable hash), `status`
     /// is what the site answered.
-    pub fn add_seen(&mut self, method: &str, target: &str, client: u64, status: u16) {
+    pub fn add(&mut self, method: &str, target: &str, client: u64, status: u16) {
         let shape = Shape::of(method, target);
         let bucket = self.buckets.entry(shape.bucket()).or_default();
         let best = bucket
@@ -580,6 +570,12 @@ impl Vocabulary {
 mod tests {
     use super::*;
 
+    /// Each request from its own client, answered 200.
+    fn add(m: &mut Miner, method: &str, target: &str) {
+        let n = m.clusters.iter().map(|c| c.count).sum::<u64>();
+        m.add(method, target, n, 200);
+    }
+
     #[test]
     fn masks_variable_tokens() {
         assert_eq!(mask_token("12345"), "<num>");
@@ -603,15 +599,19 @@ mod tests {
             ..MinerConfig::default()
         });
         for id in [1, 2, 3, 4] {
-            m.add("GET", &format!("/api/users/{id}?page=2&sort=name"));
+            add(&mut m, "GET", &format!("/api/users/{id}?page=2&sort=name"));
         }
         for name in ["firewall", "ruby", "linux"] {
-            m.add("GET", &format!("/blog/tags/{name}"));
+            add(&mut m, "GET", &format!("/blog/tags/{name}"));
         }
         for img in ["a.png", "b.png", "kibana.png"] {
-            m.add("GET", &format!("/presentations/logstash-2013/images/{img}"));
+            add(
+                &mut m,
+                "GET",
+                &format!("/presentations/logstash-2013/images/{img}"),
+            );
         }
-        m.add("POST", "/api/login");
+        add(&mut m, "POST", "/api/login");
         let v = m.finish();
         let texts: Vec<&str> = v.templates().iter().map(|t| t.text.as_str()).collect();
         assert!(
@@ -653,7 +653,7 @@ mod tests {
                 ..MinerConfig::default()
             });
             for l in &lines {
-                m.add("GET", l);
+                add(&mut m, "GET", l);
             }
             m.finish()
         };
@@ -670,15 +670,15 @@ mod tests {
     fn routes_need_several_clients_and_answers_other_than_not_found() {
         let mut m = Miner::new(MinerConfig::default());
         for c in 0..5 {
-            m.add_seen("GET", "/cart", c, 200);
-            m.add_seen("GET", "/prodcuts", c, 404);
+            m.add("GET", "/cart", c, 200);
+            m.add("GET", "/prodcuts", c, 404);
         }
         // One scanner asks for its list many times over.
         for _ in 0..50 {
-            m.add_seen("GET", "/phpmyadmin/", 99, 403);
+            m.add("GET", "/phpmyadmin/", 99, 403);
         }
-        m.add_seen("POST", "/login", 1, 401);
-        m.add_seen("POST", "/login", 2, 302);
+        m.add("POST", "/login", 1, 401);
+        m.add("POST", "/login", 2, 302);
         let v = m.finish();
         let texts: Vec<&str> = v.templates().iter().map(|t| t.text.as_str()).collect();
         assert!(texts.contains(&"GET /cart"), "{texts:?}");

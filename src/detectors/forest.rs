@@ -149,8 +149,8 @@ struct Compiled {
     nodes: Vec<Node>,
     /// (feature, intercept, normal) of every split's non-zero normal components.
     terms: Vec<(u32, f64, f64)>,
-    /// `nodes` with their terms inline, one cache line each, built once the rest is
-    /// validated (`pack`); empty if a split has more than two terms.
+    /// `nodes` with their terms inline, one cache line each: what `score` walks. Derived
+    /// (`pack`) once the stored form is validated, so not stored itself.
     #[serde(skip)]
     packed: Vec<Packed>,
 }
@@ -158,7 +158,7 @@ struct Compiled {
 /// A node and its split's terms in one cache line. Scoring walks ~9 nodes in each of 100
 /// trees over megabytes of nodes; with the terms in their own array every level cost two
 /// cache misses, and under load with varied requests forest traversal was the proxy's
-/// largest cost. Same arithmetic in the same order as `Compiled::score`'s other path.
+/// largest cost. Same arithmetic in the same order as the library.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct Packed {
@@ -230,11 +230,13 @@ impl Compiled {
         if c.roots.is_empty() {
             return Err("the forest has no trees".into());
         }
+        c.validate(features)?;
         c.pack();
         Ok(c)
     }
 
-    /// Build `packed` (only ever after `validate` or construction, so indices are in range).
+    /// Build `packed`; only after `validate`, which guarantees one or two terms per split and
+    /// every index in range.
     fn pack(&mut self) {
         let mut packed = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
@@ -246,11 +248,7 @@ impl Compiled {
                         .terms
                         .get(start as usize..(start as usize + len as usize))
                         .unwrap_or(&[]);
-                    if terms.is_empty() || terms.len() > 2 || terms.len() != len as usize {
-                        self.packed = Vec::new();
-                        return;
-                    }
-                    p.len = len;
+                    p.len = terms.len() as u32;
                     p.left = left;
                     p.right = right;
                     for (k, &(f, pi, ni)) in terms.iter().enumerate() {
@@ -320,6 +318,11 @@ impl Compiled {
             match *node {
                 Node::Leaf(v) if !v.is_finite() => return Err(format!("node {i}: not finite")),
                 Node::Leaf(_) => {}
+                Node::Split(_, len, ..) if !(1..=2).contains(&len) => {
+                    return Err(format!(
+                        "node {i}: a split over {len} features (vigil's forests use extension level 1: one or two)"
+                    ))
+                }
                 Node::Split(start, len, l, r) => {
                     let end = start as usize + len as usize;
                     if end > self.terms.len()
@@ -342,33 +345,6 @@ impl Compiled {
     }
 
     fn score(&self, x: &[f64]) -> f64 {
-        if !self.packed.is_empty() {
-            return self.score_packed(x);
-        }
-        let path_length: f64 = self
-            .roots
-            .iter()
-            .map(|&root| {
-                let mut i = root as usize;
-                loop {
-                    match self.nodes[i] {
-                        Node::Leaf(v) => return v,
-                        Node::Split(start, len, left, right) => {
-                            let mut d = 0.0;
-                            for &(f, p, n) in &self.terms[start as usize..(start + len) as usize] {
-                                d += (x[f as usize] - p) * n;
-                            }
-                            i = if d <= 0.0 { left } else { right } as usize;
-                        }
-                    }
-                }
-            })
-            .sum();
-        let eh = path_length / self.roots.len() as f64;
-        2.0_f64.powf(-eh / self.avg_path_length_c)
-    }
-
-    fn score_packed(&self, x: &[f64]) -> f64 {
         let path_length: f64 = self
             .roots
             .iter()
@@ -712,7 +688,6 @@ mod tests {
                 lcg(&mut seed) * 8.0,
             ]);
             assert_eq!(forest.score(&v), compiled.score(&v), "{v:?}");
-            assert_eq!(forest.score(&v), unpacked.score(&v), "{v:?}");
         }
     }
 

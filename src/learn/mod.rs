@@ -210,7 +210,7 @@ pub fn train(
     let mut miner = Miner::new(cfg.miner);
     for (n, r) in clean.iter().enumerate() {
         let (m, t, _) = r.request_parts();
-        miner.add_seen(&m, &t, client_hash(&r.client), r.status);
+        miner.add(&m, &t, client_hash(&r.client), r.status);
         if n % 5000 == 0 {
             progress("templates", n, clean.len());
         }
