@@ -538,7 +538,12 @@ impl Transformer {
 
     /// What the model's input is built from: the last W templates (or all of them after BOS
     /// when the whole history fits), and the template to score.
-    fn key(&self, context: &[u32], session_start: bool, current: u32) -> u64 {
+    fn key(
+        &self,
+        context: &[crate::template::TemplateId],
+        session_start: bool,
+        current: u32,
+    ) -> u64 {
         use std::hash::{Hash, Hasher};
         let w = self.model.window();
         let whole = context.is_empty() || (session_start && context.len() < w);
@@ -564,8 +569,7 @@ impl Transformer {
         session_start: bool,
         current: crate::template::TemplateId,
     ) -> Option<TransformerScore> {
-        let ctx: Vec<u32> = context.iter().map(|t| t.0).collect();
-        let key = self.key(&ctx, session_start, current.0);
+        let key = self.key(context, session_start, current.0);
         let slot = (key as usize) % CACHE_SLOTS;
         let shard = &self.cache[slot % CACHE_SHARDS];
         let index = slot / CACHE_SHARDS;
@@ -585,6 +589,8 @@ impl Transformer {
             }
             None => {
                 self.misses.fetch_add(1, Relaxed);
+                // Only a miss needs the ids as the model takes them.
+                let ctx: Vec<u32> = context.iter().map(|t| t.0).collect();
                 let n = match self.model.nll(&ctx, session_start, current.0) {
                     Ok(n) if n.is_finite() => n,
                     Ok(_) => return None,
