@@ -381,9 +381,11 @@ impl<const N: usize> std::fmt::Debug for ForestModel<N> {
 
 impl<const N: usize> ForestModel<N> {
     /// Train from `(client, vector)` pairs in chronological order.
+    /// `established` clients are never set aside as anomalous as a whole (see below).
     pub fn train(
         data: &[(u64, [f64; N])],
         opts: &TrainOptions,
+        established: &HashSet<u64>,
     ) -> Result<ForestModel<N>, ForestError> {
         if !(opts.target_fpr > 0.0 && opts.target_fpr <= 0.5) {
             return Err(ForestError::BadTarget(opts.target_fpr));
@@ -454,7 +456,10 @@ impl<const N: usize> ForestModel<N> {
         // a quarter of whose requests score above a round's threshold is anomalous as a whole,
         // not a normal client having an odd moment (at a 0.5% target that is fifty times the
         // normal share): the next round trains and calibrates without such clients, and its
-        // lower threshold may reveal more.
+        // lower threshold may reveal more. Except clients established in the log (active over
+        // many hours, see `learn`): attack episodes are short, and an integration that polls
+        // all day in its own odd way *is* the site's traffic. Set aside, such a client was
+        // scored as foreign ever after, and escalated with all its requests.
         let mut suspects = HashSet::new();
         let mut result = round(&suspects)?;
         for _ in 0..SUSPECT_ROUNDS {
@@ -466,8 +471,10 @@ impl<const N: usize> ForestModel<N> {
             }
             let found: Vec<u64> = per
                 .into_iter()
-                .filter(|(_, (n, above))| {
-                    *n >= SUSPECT_MIN_REQUESTS && (*above as f64) > SUSPECT_SHARE * *n as f64
+                .filter(|(c, (n, above))| {
+                    *n >= SUSPECT_MIN_REQUESTS
+                        && (*above as f64) > SUSPECT_SHARE * *n as f64
+                        && !established.contains(c)
                 })
                 .map(|(c, _)| c)
                 .collect();
@@ -616,6 +623,7 @@ mod tests {
                 target_fpr: 0.05,
                 ..TrainOptions::default()
             },
+            &HashSet::new(),
         )
         .unwrap();
         let fresh = normal_data(3000);
@@ -624,6 +632,37 @@ mod tests {
         let outlier = m.score(&[8.0, -5.0, 40.0]);
         assert!(outlier.vote && outlier.score > 0.5, "{outlier:?}");
         assert!(m.score(&[0.5, 1.0, 5.5]).score < 0.5);
+    }
+
+    #[test]
+    fn established_clients_are_not_set_aside() {
+        // Client 777 does something odd in two of every five requests, all day long.
+        let odd = [4.0, -2.0, 12.0];
+        let mut data = normal_data(5000);
+        let mut s = 7u64;
+        for i in 0..400 {
+            let v = if i % 5 < 2 {
+                odd
+            } else {
+                [lcg(&mut s), lcg(&mut s) * 2.0, 5.0 + lcg(&mut s)]
+            };
+            data.push((777, v));
+        }
+        let opts = TrainOptions {
+            max_client_share: 0.02,
+            ..TrainOptions::default()
+        };
+        let foreign = ForestModel::train(&data, &opts, &HashSet::new()).unwrap();
+        let known = ForestModel::train(&data, &opts, &HashSet::from([777])).unwrap();
+        assert_eq!(foreign.set_aside, 1, "the odd client is set aside");
+        assert_eq!(known.set_aside, 0);
+        assert!(foreign.score(&odd).vote, "{:?}", foreign.score(&odd));
+        assert!(
+            known.score(&odd).score < foreign.score(&odd).score,
+            "trained on its habits, the forest finds them less odd: {:?} vs {:?}",
+            known.score(&odd),
+            foreign.score(&odd)
+        );
     }
 
     #[test]
@@ -641,13 +680,13 @@ mod tests {
     #[test]
     fn refuses_bad_input() {
         assert!(matches!(
-            ForestModel::<3>::train(&normal_data(10), &TrainOptions::default()),
+            ForestModel::<3>::train(&normal_data(10), &TrainOptions::default(), &HashSet::new()),
             Err(ForestError::TooFew { .. })
         ));
         let mut d = normal_data(100);
         d[5].1[1] = f64::NAN;
         assert!(matches!(
-            ForestModel::train(&d, &TrainOptions::default()),
+            ForestModel::train(&d, &TrainOptions::default(), &HashSet::new()),
             Err(ForestError::NonFinite { index: 5 })
         ));
         assert!(matches!(
@@ -656,7 +695,8 @@ mod tests {
                 &TrainOptions {
                     target_fpr: 0.0,
                     ..TrainOptions::default()
-                }
+                },
+                &HashSet::new(),
             ),
             Err(ForestError::BadTarget(_))
         ));
@@ -693,7 +733,8 @@ mod tests {
 
     #[test]
     fn a_damaged_forest_file_is_refused_not_followed() {
-        let m = ForestModel::train(&normal_data(500), &TrainOptions::default()).unwrap();
+        let m = ForestModel::train(&normal_data(500), &TrainOptions::default(), &HashSet::new())
+            .unwrap();
         let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
         v["forest"]["nodes"][0] = serde_json::json!([0, 2, 0, 0]);
         let err = serde_json::from_value::<ForestModel<3>>(v)
@@ -706,7 +747,8 @@ mod tests {
 
     #[test]
     fn serialises_losslessly() {
-        let m = ForestModel::train(&normal_data(500), &TrainOptions::default()).unwrap();
+        let m = ForestModel::train(&normal_data(500), &TrainOptions::default(), &HashSet::new())
+            .unwrap();
         let json = serde_json::to_string(&m).unwrap();
         let back: ForestModel<3> = serde_json::from_str(&json).unwrap();
         let v = [0.3, 1.2, 5.1];

@@ -73,6 +73,11 @@ impl Default for TrainConfig {
     }
 }
 
+/// A client active in at least this many distinct clock hours of the training log is part of
+/// the site's traffic, however odd: the forests never set it aside as an attacker (attack
+/// episodes are short; a partner's poller runs all day).
+const ESTABLISHED_HOURS: usize = 4;
+
 pub fn client_hash(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
@@ -227,11 +232,18 @@ pub fn train(
     let mut post = Vec::with_capacity(clean.len());
     let mut unknown = 0usize;
     let mut clients = std::collections::HashSet::new();
+    // Per client, the distinct clock hours of the log it was active in (up to ESTABLISHED_HOURS).
+    let mut hours: std::collections::HashMap<u64, Vec<i64>> = Default::default();
     for (n, r) in clean.iter().enumerate() {
         let (key, template, p, q) = step(&vocabulary, &sessions, r);
         let c = client_hash(&key);
         clients.insert(c);
         let now = record_time(r);
+        let seen = hours.entry(c).or_default();
+        let hour = (now / 3600.0).floor() as i64;
+        if seen.len() < ESTABLISHED_HOURS && !seen.contains(&hour) {
+            seen.push(hour);
+        }
         let (last, seqs) = sequences
             .entry(c)
             .or_insert_with(|| (f64::NEG_INFINITY, Vec::new()));
@@ -251,9 +263,16 @@ pub fn train(
     }
     progress("sessions", clean.len(), clean.len());
     progress("forest", 0, 2);
-    let pre_model = ForestModel::train(&pre, &cfg.forest).map_err(LearnError::PreForest)?;
+    let established: std::collections::HashSet<u64> = hours
+        .into_iter()
+        .filter(|(_, h)| h.len() >= ESTABLISHED_HOURS)
+        .map(|(c, _)| c)
+        .collect();
+    let pre_model =
+        ForestModel::train(&pre, &cfg.forest, &established).map_err(LearnError::PreForest)?;
     progress("forest", 1, 2);
-    let post_model = ForestModel::train(&post, &cfg.forest).map_err(LearnError::PostForest)?;
+    let post_model =
+        ForestModel::train(&post, &cfg.forest, &established).map_err(LearnError::PostForest)?;
     progress("forest", 2, 2);
     let summary = TrainingSummary {
         records: records.len(),
