@@ -630,7 +630,10 @@ impl RuleSet {
             let (Some(engine), Some(set)) = (&self.engine, set.as_mut()) else {
                 continue;
             };
-            set.clear();
+            // Clearing walks every pattern's slot: only worth it after a part that matched.
+            if !set.is_empty() {
+                set.clear();
+            }
             let raw: &[u8] = &part.value;
             engine.which(raw, set);
             if let Some(f) = &forms {
