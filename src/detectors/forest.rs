@@ -71,6 +71,7 @@ pub struct Score {
 #[serde(try_from = "Stored", into = "Stored")]
 pub struct ForestModel<const N: usize> {
     compiled: Compiled,
+    bounds: Bounds,
     /// Raw score at the calibrated threshold.
     threshold: f64,
     /// Median raw score of held-out normal vectors: calibrated to 0.
@@ -88,6 +89,8 @@ pub struct ForestModel<const N: usize> {
 struct Stored {
     features: usize,
     forest: Compiled,
+    #[serde(default)]
+    bounds: Bounds,
     threshold: f64,
     center: f64,
     trained_on: usize,
@@ -113,10 +116,12 @@ impl<const N: usize> TryFrom<Stored> for ForestModel<N> {
             ));
         }
         s.forest.validate(N)?;
+        s.bounds.validate(N)?;
         let mut compiled = s.forest;
         compiled.pack();
         Ok(ForestModel {
             compiled,
+            bounds: s.bounds,
             threshold: s.threshold,
             center: s.center,
             trained_on: s.trained_on,
@@ -132,6 +137,7 @@ impl<const N: usize> From<ForestModel<N>> for Stored {
         Stored {
             features: N,
             forest: m.compiled,
+            bounds: m.bounds,
             threshold: m.threshold,
             center: m.center,
             trained_on: m.trained_on,
@@ -418,6 +424,7 @@ impl<const N: usize> ForestModel<N> {
                 .enumerate()
                 .partition(|(i, _)| i % every == every - 1);
             let train: Vec<(u64, [f64; N])> = train.into_iter().map(|(_, v)| *v).collect();
+            let bounds = Bounds::of(&train);
             let capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share)
                 .iter()
                 .map(quantize)
@@ -443,7 +450,10 @@ impl<const N: usize> ForestModel<N> {
             let hold: Vec<(u64, [f64; N])> = hold.into_iter().map(|(_, v)| *v).collect();
             let mut scores: Vec<f64> = cap_clients(&hold, opts.max_client_share / 4.0)
                 .iter()
-                .map(|v| compiled.score(&quantize(v)))
+                .map(|v| {
+                    let q = quantize(v);
+                    compiled.score(&q) + bounds.excess(&q)
+                })
                 .collect();
             scores.sort_by(f64::total_cmp);
             let k = ((scores.len() as f64) * (1.0 - opts.target_fpr)).ceil() as usize;
@@ -451,6 +461,7 @@ impl<const N: usize> ForestModel<N> {
             let center = scores[scores.len() / 2].min(threshold);
             Ok(Round {
                 compiled,
+                bounds,
                 threshold,
                 center,
                 trained_on: capped.len(),
@@ -501,6 +512,7 @@ impl<const N: usize> ForestModel<N> {
         }
         Ok(ForestModel {
             compiled: result.compiled,
+            bounds: result.bounds,
             threshold: result.threshold,
             center: result.center,
             trained_on: result.trained_on,
@@ -511,7 +523,8 @@ impl<const N: usize> ForestModel<N> {
     }
 
     pub fn score(&self, v: &[f64; N]) -> Score {
-        let raw = self.compiled.score(&quantize(v));
+        let q = quantize(v);
+        let raw = self.compiled.score(&q) + self.bounds.excess(&q);
         Score {
             raw,
             score: self.calibrated(raw),
@@ -535,6 +548,7 @@ impl<const N: usize> ForestModel<N> {
 /// One training round's result.
 struct Round {
     compiled: Compiled,
+    bounds: Bounds,
     threshold: f64,
     center: f64,
     trained_on: usize,
@@ -543,7 +557,7 @@ struct Round {
 
 impl Round {
     fn flags(&self, q: &[f64]) -> bool {
-        self.compiled.score(q) > self.threshold
+        self.compiled.score(q) + self.bounds.excess(q) > self.threshold
     }
 }
 
@@ -563,6 +577,91 @@ const GRID: f64 = 256.0;
 /// the 9th digit) made training take minutes. On the grid any two distinct values are at least
 /// `1/GRID` apart, and the features are small (log-scaled, ratios, angles), so a split costs a
 /// few thousand steps at most. The grid is far finer than any difference that matters here.
+/// Where each feature's normal range ends. An isolation forest cannot see past the largest
+/// value it was trained on: every split falls inside the training range, so a 50 MB export
+/// isolates exactly like the largest download of training, and a value ten times beyond the
+/// range scores no higher than one just inside it. The bounds add what the forest misses: a
+/// value more than one `spread` above its feature's bound raises the raw score by
+/// `EXCESS_WEIGHT` per further spread (at most `EXCESS_CAP` spreads; the largest excess over
+/// all features counts). Upper ends only: the features are built so that more is the
+/// suspicious direction (rates, counts, sizes, shares, surprise), or are bounded (hour, flags).
+///
+/// Each client counts once: a bound is the `BOUND_QUANTILE` quantile of the clients' own
+/// largest values, so that a few clients doing something extreme in the training log (an
+/// attack the rules did not see) do not move it, and `spread` is how far that bound lies above
+/// the median client's largest value. The one-spread margin keeps the normal clients just
+/// above the bound (one in a hundred, by construction) from lifting the calibrated threshold,
+/// which cost the in-range detections (credential stuffing: 6/6 episodes fell to 4/6 without
+/// it on the simulator).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Bounds {
+    hi: Vec<f64>,
+    spread: Vec<f64>,
+}
+
+const BOUND_QUANTILE: f64 = 0.99;
+const EXCESS_WEIGHT: f64 = 0.15;
+const EXCESS_CAP: f64 = 4.0;
+/// Spreads above the bound before any excess counts.
+const EXCESS_MARGIN: f64 = 1.0;
+/// Smallest spread, in feature units: a feature every client has at the same value must not
+/// call the slightest difference extreme.
+const MIN_SPREAD: f64 = 0.25;
+
+impl Bounds {
+    fn of<const N: usize>(data: &[(u64, [f64; N])]) -> Bounds {
+        let mut top: HashMap<u64, [f64; N]> = HashMap::new();
+        for (c, v) in data {
+            let q = quantize(v);
+            let e = top.entry(*c).or_insert(q);
+            for (m, x) in e.iter_mut().zip(q) {
+                *m = m.max(x);
+            }
+        }
+        if top.is_empty() {
+            return Bounds::default();
+        }
+        let mut hi = Vec::with_capacity(N);
+        let mut spread = Vec::with_capacity(N);
+        let mut column: Vec<f64> = Vec::with_capacity(top.len());
+        for i in 0..N {
+            column.clear();
+            column.extend(top.values().map(|v| v[i]));
+            column.sort_by(f64::total_cmp);
+            let at = |q: f64| column[((column.len() - 1) as f64 * q).round() as usize];
+            let h = at(BOUND_QUANTILE);
+            hi.push(h);
+            spread.push((h - at(0.5)).max(MIN_SPREAD));
+        }
+        Bounds { hi, spread }
+    }
+
+    /// Added to the forest's raw score: 0 up to one spread above every bound.
+    fn excess(&self, q: &[f64]) -> f64 {
+        let mut worst = 0.0f64;
+        for ((x, h), s) in q.iter().zip(&self.hi).zip(&self.spread) {
+            worst = worst.max((x - h) / s - EXCESS_MARGIN);
+        }
+        EXCESS_WEIGHT * worst.min(EXCESS_CAP)
+    }
+
+    fn validate(&self, n: usize) -> Result<(), String> {
+        if self.hi.len() != self.spread.len() || !(self.hi.is_empty() || self.hi.len() == n) {
+            return Err(format!(
+                "feature bounds for {} / {} features, expected {n}",
+                self.hi.len(),
+                self.spread.len()
+            ));
+        }
+        if self.hi.iter().any(|h| !h.is_finite())
+            || self.spread.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err("feature bounds not finite or spread not positive".into());
+        }
+        Ok(())
+    }
+}
+
 fn quantize<const N: usize>(v: &[f64; N]) -> [f64; N] {
     let mut q = [0.0; N];
     for (q, x) in q.iter_mut().zip(v) {
@@ -664,7 +763,7 @@ mod tests {
         assert_eq!(known.set_aside, 0);
         assert!(foreign.score(&odd).vote, "{:?}", foreign.score(&odd));
         assert!(
-            known.score(&odd).score < foreign.score(&odd).score,
+            known.score(&odd).raw < foreign.score(&odd).raw,
             "trained on its habits, the forest finds them less odd: {:?} vs {:?}",
             known.score(&odd),
             foreign.score(&odd)
@@ -685,7 +784,36 @@ mod tests {
         let probe = [0.7, 1.9, 5.1];
         assert_eq!(a.threshold, b.threshold);
         assert_eq!(a.score(&probe), b.score(&probe));
-        assert_ne!(a.score(&probe).raw, c.score(&probe).raw, "another seed, another forest");
+        assert_ne!(
+            a.score(&probe).raw,
+            c.score(&probe).raw,
+            "another seed, another forest"
+        );
+    }
+
+    #[test]
+    fn values_beyond_the_training_range_score_higher_the_further_they_are() {
+        // normal_data's third feature lies in [5, 6]; one client once sent 60.
+        let mut data = normal_data(5000);
+        data.push((4242, [0.5, 1.0, 60.0]));
+        let m = ForestModel::train(&data, &TrainOptions::default(), &HashSet::new()).unwrap();
+        let at = |x: f64| m.score(&[0.5, 1.0, x]).raw;
+        assert!(
+            at(5.9) < at(6.5) && at(6.5) < at(8.0),
+            "{} {} {}",
+            at(5.9),
+            at(6.5),
+            at(8.0)
+        );
+        assert!(
+            m.score(&[0.5, 1.0, 8.0]).vote,
+            "far beyond every client's range"
+        );
+        assert!(
+            m.bounds.hi[2] < 7.0,
+            "one extreme client does not move the bound: {:?}",
+            m.bounds
+        );
     }
 
     #[test]

@@ -379,6 +379,10 @@ mod tests {
     use crate::record::Record;
 
     fn learned() -> crate::learn::Trained {
+        learned_with_seed(crate::detectors::forest::TrainOptions::default().seed)
+    }
+
+    fn learned_with_seed(seed: u64) -> crate::learn::Trained {
         let rules =
             RuleSet::load(&[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))]).unwrap();
         let limits = Inspection {
@@ -401,7 +405,9 @@ mod tests {
                 Record::parse_line(&l, 1).unwrap()
             })
             .collect();
-        crate::learn::train(&recs, &rules, &limits, &Default::default(), |_, _, _| {}).unwrap()
+        let mut cfg = crate::learn::TrainConfig::default();
+        cfg.forest.seed = seed;
+        crate::learn::train(&recs, &rules, &limits, &cfg, |_, _, _| {}).unwrap()
     }
 
     #[test]
@@ -410,8 +416,8 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let t = learned();
         save(&t.learned, t.canaries.clone(), a.path()).unwrap();
-        // Another training run: forests are random, so its scores differ.
-        let u = learned();
+        // Another training run with another seed: its forests, and so its scores, differ.
+        let u = learned_with_seed(7);
         save(&u.learned, u.canaries.clone(), b.path()).unwrap();
         let foreign = std::fs::read(b.path().join("forest_post.json")).unwrap();
         std::fs::write(a.path().join("forest_post.json"), &foreign).unwrap();
