@@ -111,6 +111,35 @@ fn bench_rules(c: &mut Criterion) {
             b.iter(|| rules.inspect(black_box(r), &lim))
         });
     }
+    // The cases above repeat one request, so from the second iteration on its header and
+    // cookie values are answered by the rule set's memory of clean values, as for a returning
+    // visitor. Here every request comes with a user agent and cookies not seen in the last
+    // 16,384 requests (more than the memory holds): the cost of a first visit.
+    let visitors: Vec<HttpRequest> = (0..16_384)
+        .map(|i| {
+            let mut r = browser(
+                "GET",
+                "/catalog/shoes/running?size=42&color=blue&sort=price_asc&page=3",
+                &[],
+                "",
+            );
+            for (name, value) in r.headers.iter_mut() {
+                if name == "user-agent" {
+                    *value = format!("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.{i}.0 Safari/537.36").into_bytes();
+                } else if name == "cookie" {
+                    *value = format!("session=9f2c{i:06x}; theme=dark; consent=1").into_bytes();
+                }
+            }
+            r
+        })
+        .collect();
+    g.bench_function("benign_page_first_visit", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % visitors.len();
+            rules.inspect(black_box(&visitors[i]), &lim)
+        })
+    });
     g.finish();
 }
 

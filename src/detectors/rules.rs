@@ -243,6 +243,94 @@ impl Engine {
     }
 }
 
+/// Header and cookie values this rule set inspected and found clean: no pattern matched them
+/// in any decoded form and decoding saw no anomaly. Browsers send the same user agent, accept
+/// headers and cookies with every request, and inspecting them is most of the work on a
+/// typical request; a value found here skips decoding and matching. Entries hold the whole
+/// value and a hit compares it byte for byte, so only the very bytes that were inspected can
+/// skip inspection (a colliding hash is a miss, never a false "clean"). Direct-mapped and
+/// bounded (a new entry replaces whatever shared its slot): a client sending ever-new values
+/// only evicts entries, costing it the uncached path. Belongs to one rule set, so a reload
+/// starts empty.
+struct CleanValues {
+    shards: Vec<std::sync::Mutex<CleanSlots>>,
+    seed: u64,
+}
+
+/// One shard's slots; an entry is the context byte followed by the value.
+type CleanSlots = Vec<Option<Box<[u8]>>>;
+
+const CLEAN_SHARDS: usize = 16;
+const CLEAN_SLOTS_PER_SHARD: usize = 256;
+/// Values shorter than this cost little to inspect; longer ones are rarely repeated.
+const CLEAN_MIN_LEN: usize = 8;
+const CLEAN_MAX_LEN: usize = 512;
+
+impl CleanValues {
+    fn new() -> CleanValues {
+        CleanValues {
+            shards: (0..CLEAN_SHARDS)
+                .map(|_| std::sync::Mutex::new(vec![None; CLEAN_SLOTS_PER_SHARD]))
+                .collect(),
+            seed: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0u8)
+            },
+        }
+    }
+
+    fn eligible(kind: PartKind, value: &[u8]) -> bool {
+        matches!(kind, PartKind::Header | PartKind::CookieValue)
+            && (CLEAN_MIN_LEN..=CLEAN_MAX_LEN).contains(&value.len())
+    }
+
+    /// The slot for `value` decoded in context `ctx`: (shard, index). A multiply-rotate hash
+    /// over 8-byte words (SipHash cost ~350 instructions per header value, more than the memory
+    /// saves on short ones), seeded per rule set. A crafted collision only evicts an entry.
+    fn slot(&self, ctx: Context, value: &[u8]) -> (usize, usize) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.seed ^ ((value.len() as u64) << 8) ^ ctx as u64;
+        let mut words = value.chunks_exact(8);
+        for w in &mut words {
+            let w = <[u8; 8]>::try_from(w).map_or(0, u64::from_le_bytes);
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        let tail = words
+            .remainder()
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | b as u64);
+        h = (h.rotate_left(5) ^ tail).wrapping_mul(K);
+        let h = (h ^ (h >> 29)) as usize;
+        (h % CLEAN_SHARDS, (h / CLEAN_SHARDS) % CLEAN_SLOTS_PER_SHARD)
+    }
+
+    /// Entries store the context as a leading byte, then the value.
+    fn matches(entry: &[u8], ctx: Context, value: &[u8]) -> bool {
+        entry.first() == Some(&(ctx as u8)) && entry.get(1..) == Some(value)
+    }
+
+    fn contains(&self, ctx: Context, value: &[u8]) -> bool {
+        let (shard, index) = self.slot(ctx, value);
+        match self.shards[shard].lock() {
+            Ok(slots) => slots[index]
+                .as_deref()
+                .is_some_and(|e| CleanValues::matches(e, ctx, value)),
+            Err(_) => false,
+        }
+    }
+
+    fn insert(&self, ctx: Context, value: &[u8]) {
+        let (shard, index) = self.slot(ctx, value);
+        let mut entry = Vec::with_capacity(value.len() + 1);
+        entry.push(ctx as u8);
+        entry.extend_from_slice(value);
+        if let Ok(mut slots) = self.shards[shard].lock() {
+            slots[index] = Some(entry.into_boxed_slice());
+        }
+    }
+}
+
 /// Every rule pack, compiled.
 pub struct RuleSet {
     rules: Vec<Rule>,
@@ -256,6 +344,7 @@ pub struct RuleSet {
     headers: Vec<String>,
     checks: Vec<(Check, usize)>,
     version: String,
+    clean: CleanValues,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -558,6 +647,7 @@ impl RuleSet {
             headers,
             checks,
             version: hash.hex(),
+            clean: CleanValues::new(),
         })
     }
 
@@ -626,6 +716,10 @@ impl RuleSet {
                 }
                 _ => Context::Plain,
             };
+            let memo = CleanValues::eligible(part.kind, &part.value);
+            if memo && self.clean.contains(ctx, &part.value) {
+                continue;
+            }
             // The request line is matched raw only: its decoded content is covered by the path
             // and argument parts, and decoding it twice would double the cost.
             let forms = if part.kind == PartKind::RequestLine {
@@ -655,6 +749,13 @@ impl RuleSet {
                 }
             }
             if set.is_empty() {
+                if memo
+                    && forms
+                        .as_ref()
+                        .is_some_and(|f| f.anomalies == Anomalies::default())
+                {
+                    self.clean.insert(ctx, &part.value);
+                }
                 continue;
             }
             for pid in set.iter() {
@@ -848,6 +949,40 @@ rules:
             r.matches[0].snippet
         );
         assert_eq!(r.score(), 5 + 4 + 2);
+    }
+
+    #[test]
+    fn remembered_clean_values_never_hide_a_match() {
+        let pack = r#"
+rules:
+  - id: t-union
+    category: sqli
+    severity: critical
+    targets: [headers, cookies]
+    patterns: ['\bunion\s+select\b']
+"#;
+        let rs = set(pack).unwrap();
+        let with = |name: &str, value: &str| {
+            let mut r = get("/");
+            r.headers = vec![(name.into(), value.as_bytes().to_vec())];
+            rs.inspect(&r, &limits()).matches.len()
+        };
+        let clean = "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0";
+        let attack = "Mozilla/5.0 union select pw from users";
+        let encoded = "Mozilla/5.0 union%20select pw from users";
+        for _ in 0..3 {
+            assert_eq!(with("user-agent", clean), 0);
+            assert_eq!(with("user-agent", attack), 1);
+            // Only a value with no decoded form that matches is remembered.
+            assert_eq!(with("x-custom", encoded), 1);
+            assert_eq!(with("cookie", &format!("a={encoded}")), 1);
+        }
+        // Remembered under one header, the same bytes elsewhere are still judged by their own
+        // content, which is clean.
+        assert_eq!(with("referer", clean), 0);
+        assert!(rs.clean.contains(Context::Plain, clean.as_bytes()));
+        assert!(!rs.clean.contains(Context::Plain, attack.as_bytes()));
+        assert!(!rs.clean.contains(Context::Form, clean.as_bytes()));
     }
 
     #[test]
