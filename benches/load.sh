@@ -14,15 +14,16 @@
 #              forest, and blocked requests would cost less, flattering the column)
 #   modsec     nginx + ModSecurity 3 + OWASP CRS 3.3.4 (PL1, blocking), when the Debian
 #              packages libnginx-mod-http-modsecurity and modsecurity-crs are installed
-# and prints requests/s and p50/p99 latency side by side. Bounded: DURATION seconds per
+# and prints requests/s and p50/p99 latency side by side. Bounded: DURATION seconds per round per
 # target (default 10), loopback only.
 #   needs: wrk, nginx (apt-get install wrk nginx-light); builds vigil in release mode.
-#   usage: benches/load.sh            DURATION=20 CONNS=64 benches/load.sh
+#   usage: benches/load.sh            DURATION=20 CONNS=64 ROUNDS=5 benches/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-3}
 
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx is needed as the upstream: apt-get install nginx-light" >&2; exit 1; }
@@ -120,11 +121,28 @@ run() { # label port
   echo "$1 $rps" >> "$work/rps"
 }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); wrk -t$THREADS -c$CONNS -d${DURATION}s, mix: benches/load_mix.lua"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, mix: benches/load_mix.lua"
 printf "%-10s %12s %10s %10s %9s\n" target "requests/s" p50 p99 "403s"
-run upstream "$UP"
-run off "$OFF"
-run block "$BLOCK"
-run full "$FULL"
-[ -n "$MODSEC" ] && run modsec "$MODSEC"
-awk '$1=="off" {off=$2} $1=="block" {b=$2} $1=="full" {f=$2} END { if (off > 0) printf "block / off throughput: %.1f%%; full / off: %.1f%%\n", 100*b/off, 100*f/off }' "$work/rps"
+# Rounds interleave the targets, so that the host's drift (a shared machine's speed moves by
+# tens of percent within minutes) falls on every column alike; the ratios use the medians.
+for round in $(seq "$ROUNDS"); do
+  echo "round $round"
+  run upstream "$UP"
+  run off "$OFF"
+  run block "$BLOCK"
+  run full "$FULL"
+  if [ -n "$MODSEC" ]; then run modsec "$MODSEC"; fi
+done
+awk '{v[$1] = v[$1] " " $2}
+     function median(s,   a, n, i, j, t) {
+       n = split(s, a, " ")
+       for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+       return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+     }
+     END {
+       printf "median requests/s:"
+       for (k in v) printf " %s %.0f;", k, median(v[k])
+       printf "\n"
+       off = median(v["off"])
+       if (off > 0) printf "block / off throughput: %.1f%%; full / off: %.1f%%\n", 100 * median(v["block"]) / off, 100 * median(v["full"]) / off
+     }' "$work/rps"
