@@ -11,6 +11,7 @@ pub mod features;
 pub mod forwarded;
 pub mod learn;
 pub mod logsink;
+pub mod memo;
 pub mod models;
 pub mod normalize;
 pub mod pipeline;

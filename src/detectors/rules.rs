@@ -16,6 +16,7 @@ use regex_automata::{Input, MatchKind, PatternSet};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Inspection;
+use crate::memo::Memo;
 use crate::normalize::{self, Anomalies, Context};
 use crate::request::{self, HttpRequest, Part, PartKind};
 
@@ -247,18 +248,13 @@ impl Engine {
 /// in any decoded form and decoding saw no anomaly. Browsers send the same user agent, accept
 /// headers and cookies with every request, and inspecting them is most of the work on a
 /// typical request; a value found here skips decoding and matching. Entries hold the whole
-/// value and a hit compares it byte for byte, so only the very bytes that were inspected can
-/// skip inspection (a colliding hash is a miss, never a false "clean"). Direct-mapped and
-/// bounded (a new entry replaces whatever shared its slot): a client sending ever-new values
-/// only evicts entries, costing it the uncached path. Belongs to one rule set, so a reload
-/// starts empty.
+/// value (after its decoding context) and a hit compares it byte for byte, so only the very
+/// bytes that were inspected can skip inspection: a colliding hash is a miss, never a false
+/// "clean". Belongs to one rule set, so a reload starts empty.
 struct CleanValues {
-    shards: Vec<std::sync::Mutex<CleanSlots>>,
+    memo: Memo<Box<[u8]>>,
     seed: u64,
 }
-
-/// One shard's slots; an entry is the context byte followed by the value.
-type CleanSlots = Vec<Option<Box<[u8]>>>;
 
 const CLEAN_SHARDS: usize = 16;
 const CLEAN_SLOTS_PER_SHARD: usize = 256;
@@ -268,14 +264,10 @@ const CLEAN_MAX_LEN: usize = 512;
 
 impl CleanValues {
     fn new() -> CleanValues {
+        use std::hash::BuildHasher;
         CleanValues {
-            shards: (0..CLEAN_SHARDS)
-                .map(|_| std::sync::Mutex::new(vec![None; CLEAN_SLOTS_PER_SHARD]))
-                .collect(),
-            seed: {
-                use std::hash::BuildHasher;
-                std::collections::hash_map::RandomState::new().hash_one(0u8)
-            },
+            memo: Memo::new(CLEAN_SHARDS, CLEAN_SLOTS_PER_SHARD),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u8),
         }
     }
 
@@ -284,10 +276,10 @@ impl CleanValues {
             && (CLEAN_MIN_LEN..=CLEAN_MAX_LEN).contains(&value.len())
     }
 
-    /// The slot for `value` decoded in context `ctx`: (shard, index). A multiply-rotate hash
-    /// over 8-byte words (SipHash cost ~350 instructions per header value, more than the memory
-    /// saves on short ones), seeded per rule set. A crafted collision only evicts an entry.
-    fn slot(&self, ctx: Context, value: &[u8]) -> (usize, usize) {
+    /// A multiply-rotate hash over 8-byte words, seeded per rule set (SipHash costs ~350
+    /// instructions per header value, more than the memory saves on short ones). A crafted
+    /// collision only evicts an entry.
+    fn hash(&self, ctx: Context, value: &[u8]) -> u64 {
         const K: u64 = 0x517c_c1b7_2722_0a95;
         let mut h = self.seed ^ ((value.len() as u64) << 8) ^ ctx as u64;
         let mut words = value.chunks_exact(8);
@@ -301,33 +293,23 @@ impl CleanValues {
             .rev()
             .fold(0u64, |acc, &b| (acc << 8) | b as u64);
         h = (h.rotate_left(5) ^ tail).wrapping_mul(K);
-        let h = (h ^ (h >> 29)) as usize;
-        (h % CLEAN_SHARDS, (h / CLEAN_SHARDS) % CLEAN_SLOTS_PER_SHARD)
-    }
-
-    /// Entries store the context as a leading byte, then the value.
-    fn matches(entry: &[u8], ctx: Context, value: &[u8]) -> bool {
-        entry.first() == Some(&(ctx as u8)) && entry.get(1..) == Some(value)
+        h ^ (h >> 29)
     }
 
     fn contains(&self, ctx: Context, value: &[u8]) -> bool {
-        let (shard, index) = self.slot(ctx, value);
-        match self.shards[shard].lock() {
-            Ok(slots) => slots[index]
-                .as_deref()
-                .is_some_and(|e| CleanValues::matches(e, ctx, value)),
-            Err(_) => false,
-        }
+        self.memo
+            .find(self.hash(ctx, value), |e| {
+                (e.first() == Some(&(ctx as u8)) && e.get(1..) == Some(value)).then_some(())
+            })
+            .is_some()
     }
 
     fn insert(&self, ctx: Context, value: &[u8]) {
-        let (shard, index) = self.slot(ctx, value);
         let mut entry = Vec::with_capacity(value.len() + 1);
         entry.push(ctx as u8);
         entry.extend_from_slice(value);
-        if let Ok(mut slots) = self.shards[shard].lock() {
-            slots[index] = Some(entry.into_boxed_slice());
-        }
+        self.memo
+            .put(self.hash(ctx, value), entry.into_boxed_slice());
     }
 }
 
@@ -685,13 +667,12 @@ impl RuleSet {
         let mut report = RuleReport::default();
         let mut matched = vec![false; self.rules.len()];
         let mut anomalies = Anomalies::default();
-        let mut set = self
+        // One DFA cache for the whole request: taking it from the pool per search showed up at
+        // ~20 searches per request.
+        let mut matcher = self
             .engine
             .as_ref()
-            .map(|e| PatternSet::new(e.pattern_len()));
-        // One cache for the whole request: taking it from the pool per search showed up at
-        // ~20 searches per request.
-        let mut cache = self.engine.as_ref().map(|e| e.caches.get());
+            .map(|e| (e, PatternSet::new(e.pattern_len()), e.caches.get()));
         let mut header_too_long = false;
         for part in &parts {
             if part.kind == PartKind::Header && part.value.len() > limits.max_header_value {
@@ -732,9 +713,7 @@ impl RuleSet {
                     anomalies.merge(f.anomalies);
                 }
             }
-            let (Some(engine), Some(set), Some(cache)) =
-                (&self.engine, set.as_mut(), cache.as_deref_mut())
-            else {
+            let Some((engine, set, cache)) = matcher.as_mut() else {
                 continue;
             };
             // Clearing walks every pattern's slot: only worth it after a part that matched.

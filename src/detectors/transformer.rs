@@ -495,13 +495,13 @@ const CACHE_SHARDS: usize = 64;
 /// (context, template) scores. Site traffic repeats itself (the same few navigation paths,
 /// crawlers, API clients polling), and the model's answer depends only on the last W
 /// templates, so most requests are answered from the cache at the cost of a hash; a miss
-/// costs one inference (see `benches/pipeline.rs`). The cache is direct-mapped (a new entry
-/// replaces whatever shared its slot): constant memory (~1 MiB), no eviction bookkeeping. It
-/// belongs to this model and is dropped with it on a model swap.
+/// costs one inference (see `benches/pipeline.rs`). The cache is a direct-mapped `Memo` of
+/// (key hash, NLL): constant memory (~1 MiB). It belongs to this model and is dropped with it
+/// on a model swap.
 pub struct Transformer {
     pub model: SequenceModel,
     pub calibration: NllCalibration,
-    cache: Vec<std::sync::Mutex<Vec<(u64, f32)>>>,
+    cache: crate::memo::Memo<(u64, f32)>,
     /// Scores answered from the cache, and by running the model.
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
@@ -518,13 +518,10 @@ impl std::fmt::Debug for Transformer {
 
 impl Transformer {
     pub fn new(model: SequenceModel, calibration: NllCalibration) -> Transformer {
-        let per = CACHE_SLOTS / CACHE_SHARDS;
         Transformer {
             model,
             calibration,
-            cache: (0..CACHE_SHARDS)
-                .map(|_| std::sync::Mutex::new(vec![(0, f32::NAN); per]))
-                .collect(),
+            cache: crate::memo::Memo::new(CACHE_SHARDS, CACHE_SLOTS / CACHE_SHARDS),
             hits: Default::default(),
             misses: Default::default(),
         }
@@ -556,8 +553,7 @@ impl Transformer {
         whole.hash(&mut h);
         used.hash(&mut h);
         current.hash(&mut h);
-        // 0 marks an empty slot.
-        h.finish().max(1)
+        h.finish()
     }
 
     /// Score `current` after `context` (the client's previous templates, most recent last).
@@ -570,17 +566,7 @@ impl Transformer {
         current: crate::template::TemplateId,
     ) -> Option<TransformerScore> {
         let key = self.key(context, session_start, current.0);
-        let slot = (key as usize) % CACHE_SLOTS;
-        let shard = &self.cache[slot % CACHE_SHARDS];
-        let index = slot / CACHE_SHARDS;
-        let hit = match shard.lock() {
-            Ok(s) => s.get(index).filter(|e| e.0 == key).map(|e| e.1),
-            Err(p) => p
-                .into_inner()
-                .get(index)
-                .filter(|e| e.0 == key)
-                .map(|e| e.1),
-        };
+        let hit = self.cache.find(key, |e| (e.0 == key).then_some(e.1));
         use std::sync::atomic::Ordering::Relaxed;
         let nll = match hit {
             Some(n) => {
@@ -599,13 +585,7 @@ impl Transformer {
                         return None;
                     }
                 };
-                let mut s = match shard.lock() {
-                    Ok(s) => s,
-                    Err(p) => p.into_inner(),
-                };
-                if let Some(e) = s.get_mut(index) {
-                    *e = (key, n);
-                }
+                self.cache.put(key, (key, n));
                 n
             }
         };
