@@ -61,8 +61,9 @@ pub enum Command {
         /// calibrated to on held-out traffic; the ensemble's rate is up to their sum.
         #[arg(long, default_value_t = 0.005)]
         target_fpr: f64,
-        /// Templates kept (most frequent first); rarer routes, and paths fewer than two clients
-        /// asked for or that were mostly answered 404, become the unknown template.
+        /// Templates kept (most frequent first); rarer routes, paths fewer than two clients
+        /// asked for (unless one asked at least 50 times), and paths mostly answered 404
+        /// become the unknown template.
         #[arg(long, default_value_t = 2000)]
         max_templates: usize,
         /// Skip the transformer (templates and forests only).

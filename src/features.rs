@@ -10,7 +10,7 @@ use crate::session::{ClientState, TAU_LONG, TAU_MEDIUM, TAU_SHORT};
 use crate::template::{status_bucket, RouteStats, TemplateId};
 
 /// Bumped whenever the layout below changes.
-pub const FEATURES_VERSION: u32 = 2;
+pub const FEATURES_VERSION: u32 = 3;
 
 /// Pre-upstream features (index: meaning):
 ///  0 hour of day, sine      1 hour of day, cosine (the request's local time)
@@ -28,18 +28,20 @@ pub const FEATURES_VERSION: u32 = 2;
 /// 18 share of the client's recent templates that are this request's template
 /// 19 the route's traffic, all clients, against training: ln((1 + requests in ~60 s) /
 ///    (1 + requests in a busy minute of training))
-pub const PRE: usize = 20;
+/// 20 the client's hammering of this route against training: ln((1 + the client's requests of
+///    this template in ~10 s) / (1 + what the route's 90th-percentile client reached))
+pub const PRE: usize = 21;
 
-/// Post-response features: the 20 above, then
-/// 20 status class (1xx..5xx as 1..5)   21 ln(1 + response bytes)
-/// 22 ln(1 + client's response bytes in ~60 s, this one included)
-/// 23 error ratio of the client's last ~60 s, this response included
-/// 24 response size against the route's 2xx sizes in training: robust z-score of ln(1 + bytes),
+/// Post-response features: the 21 above, then
+/// 21 status class (1xx..5xx as 1..5)   22 ln(1 + response bytes)
+/// 23 ln(1 + client's response bytes in ~60 s, this one included)
+/// 24 error ratio of the client's last ~60 s, this response included
+/// 25 response size against the route's 2xx sizes in training: robust z-score of ln(1 + bytes),
 ///    clamped to ±10 (0 for non-2xx responses)
-/// 25 surprise of the status on this route: -ln P(status bucket | route) from training
-/// 26 for a 401/403: the route's authentication failures, all clients, against training:
+/// 26 surprise of the status on this route: -ln P(status bucket | route) from training
+/// 27 for a 401/403: the route's authentication failures, all clients, against training:
 ///    ln((1 + failures in ~60 s) / (1 + failures in a busy minute of training)); else 0
-pub const POST: usize = 27;
+pub const POST: usize = 28;
 
 pub type PreVector = [f64; PRE];
 pub type PostVector = [f64; POST];
@@ -111,6 +113,8 @@ pub fn pre(r: &RequestFacts<'_>, client: Option<&ClientState>, window: usize) ->
     };
     v[19] =
         (ln1p(r.site_requests as f64) - ln1p(r.route.rate as f64 * TAU_MEDIUM)).clamp(-20.0, 20.0);
+    let burst = client.map_or(0.0, |c| c.burst(now, r.template));
+    v[20] = (ln1p(burst as f64) - ln1p(r.route.burst as f64)).clamp(-20.0, 20.0);
     if let Some(c) = client {
         v[8] = ln1p(c.rate_short.at(now, TAU_SHORT) as f64);
         v[9] = ln1p(c.rate_medium.at(now, TAU_MEDIUM) as f64);

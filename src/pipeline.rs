@@ -387,8 +387,9 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
         || (pre.verdict.anomaly && behaviour(&pre.verdict));
     if esc.enabled && strike {
         let duration = esc.duration.as_secs_f64();
+        let within = esc.within.as_secs_f64();
         escalated_now = sessions.with(&pre.session_key, now, |c| {
-            c.note_anomaly(now, esc.after, duration, pre.agent)
+            c.note_anomaly(now, esc.after, within, duration, pre.agent)
         });
     }
     Post {

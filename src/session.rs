@@ -81,6 +81,43 @@ pub const TAU_SHORT: f64 = 10.0;
 pub const TAU_MEDIUM: f64 = 60.0;
 pub const TAU_LONG: f64 = 600.0;
 
+/// User agents whose anomalies a client keeps count of (`ClientState::strikes`).
+pub const STRIKE_AGENTS: usize = 4;
+/// Agents striking together that escalate the whole client: more than a NAT address's
+/// attacker plus one of its users tripping a detector by chance.
+pub const ROTATING_AGENTS: usize = 3;
+
+/// Share of a client's requests of the last minute that its anomalies must make before they
+/// escalate it (`ClientState::note_anomaly`).
+pub const ESCALATION_SHARE: f32 = 0.5;
+
+/// One user agent's anomalous requests from a client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Strikes {
+    /// `agent_hash` of the user agent (0: a free slot).
+    pub agent: u32,
+    /// Anomalous requests in a row, each within `within` seconds of the previous.
+    pub count: u32,
+    pub last: f64,
+    /// Until when this agent's requests get the escalated action.
+    pub until: f64,
+}
+
+impl Default for Strikes {
+    fn default() -> Self {
+        Strikes {
+            agent: 0,
+            count: 0,
+            last: f64::NEG_INFINITY,
+            until: f64::NEG_INFINITY,
+        }
+    }
+}
+
+/// Templates whose 10 s counts a client keeps (`ClientState::bursts`). A new template takes the
+/// slot with the smallest count, so the busiest routes stay; an untracked template counts 0.
+pub const BURST_SLOTS: usize = 4;
+
 /// Everything vigil remembers about one client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientState {
@@ -99,18 +136,20 @@ pub struct ClientState {
     pub not_found: Decayed,
     /// Decayed (60 s) response bytes.
     pub bytes: Decayed,
+    /// Decayed (10 s) request counts of the client's busiest recent templates: one client
+    /// hammering one route (a flood, a brute force, an id walk) shows here long before its
+    /// overall rate looks unlike a browser loading a page of assets.
+    pub bursts: [(TemplateId, Decayed); BURST_SLOTS],
     /// Exponentially weighted mean and variance of seconds between requests.
     pub gap_mean: f32,
     pub gap_var: f32,
-    /// Anomalous requests in a row, each within the escalation duration of the previous one.
-    pub strikes: u32,
-    /// Who the strikes came from: a hash of the user agent when all of them share one, 0 when
-    /// several did. Escalation then holds for that agent only, so that the people behind one
-    /// NAT address are not blocked for what one of them did, unless the strikes came from
-    /// several agents (a scanner rotating its user agent escalates the whole address).
-    pub agent: u32,
-    pub last_anomaly: f64,
-    /// Until when (seconds, request clock) the client's requests get the escalated action.
+    /// Anomalous requests per user agent (the most recent `STRIKE_AGENTS` agents). Escalation
+    /// holds for the agent that earned it, so that the people behind one NAT address are not
+    /// blocked for what one of them did; strikes from several agents at once (a scanner
+    /// rotating its user agent) escalate the whole client.
+    pub strikes: [Strikes; STRIKE_AGENTS],
+    /// Until when (seconds, request clock) every request of the client gets the escalated
+    /// action, whatever its user agent.
     pub escalated_until: f64,
     /// The vocabulary `recent` holds ids of: after a model swap to another vocabulary the old
     /// ids mean other routes, so the window restarts (the counters stay valid).
@@ -132,11 +171,10 @@ impl ClientState {
             forbidden: Decayed::default(),
             not_found: Decayed::default(),
             bytes: Decayed::default(),
+            bursts: [(TemplateId::UNKNOWN, Decayed::default()); BURST_SLOTS],
             gap_mean: 0.0,
             gap_var: 0.0,
-            strikes: 0,
-            agent: 0,
-            last_anomaly: f64::NEG_INFINITY,
+            strikes: [Strikes::default(); STRIKE_AGENTS],
             escalated_until: f64::NEG_INFINITY,
             vocabulary: 0,
         }
@@ -146,25 +184,60 @@ impl ClientState {
     pub fn use_vocabulary(&mut self, vocabulary: u64) {
         if self.vocabulary != vocabulary {
             self.recent.clear();
+            self.bursts = [(TemplateId::UNKNOWN, Decayed::default()); BURST_SLOTS];
             self.vocabulary = vocabulary;
         }
     }
 
-    /// Count an anomalous request. Once `after` of them came each within `duration` seconds
-    /// of the previous one, the client is escalated until `duration` after its latest
-    /// anomaly: the escalation lasts while the behaviour goes on and fades when it stops.
-    /// Returns whether this call started a new escalation.
-    pub fn note_anomaly(&mut self, now: f64, after: u32, duration: f64, agent: u32) -> bool {
+    /// Count an anomalous request of `agent` (`agent_hash` of its user agent). Once `after`
+    /// of one agent's came each within `within` seconds of the previous, and they are at least
+    /// `ESCALATION_SHARE` of the client's requests of the last minute, that agent's requests
+    /// are escalated until `duration` after its latest anomaly: the escalation lasts while the
+    /// behaviour goes on and fades when it stops. A scan, a brute force or a flood is anomalous
+    /// request after request; an integration whose poll trips a forest now and then among its
+    /// ordinary calls is not. `ROTATING_AGENTS` agents striking each within `within` of now
+    /// escalate the whole client. Returns whether this call started a new escalation.
+    pub fn note_anomaly(
+        &mut self,
+        now: f64,
+        after: u32,
+        within: f64,
+        duration: f64,
+        agent: u32,
+    ) -> bool {
         let was = self.escalated(now, agent);
-        if now - self.last_anomaly > duration {
-            self.strikes = 0;
-            self.agent = agent;
-        } else if self.agent != agent {
-            self.agent = 0;
+        let slot = match self.strikes.iter().position(|s| s.agent == agent) {
+            Some(i) => i,
+            None => {
+                let mut oldest = 0;
+                for (i, s) in self.strikes.iter().enumerate() {
+                    if s.last < self.strikes[oldest].last {
+                        oldest = i;
+                    }
+                }
+                self.strikes[oldest] = Strikes {
+                    agent,
+                    ..Strikes::default()
+                };
+                oldest
+            }
+        };
+        let s = &mut self.strikes[slot];
+        if now - s.last > within {
+            s.count = 0;
         }
-        self.strikes = self.strikes.saturating_add(1);
-        self.last_anomaly = self.last_anomaly.max(now);
-        if self.strikes >= after {
+        s.count = s.count.saturating_add(1);
+        s.last = s.last.max(now);
+        let recent = self.rate_medium.at(now, TAU_MEDIUM).max(1.0);
+        if s.count >= after && s.count as f32 >= ESCALATION_SHARE * recent {
+            s.until = s.until.max(now + duration);
+        }
+        let agents = self
+            .strikes
+            .iter()
+            .filter(|s| s.count > 0 && now - s.last <= within)
+            .count();
+        if agents >= ROTATING_AGENTS {
             self.escalated_until = self.escalated_until.max(now + duration);
         }
         !was && self.escalated(now, agent)
@@ -173,7 +246,11 @@ impl ClientState {
     /// Whether a request of `agent` (`agent_hash` of its user agent) from this client gets
     /// the escalated action.
     pub fn escalated(&self, now: f64, agent: u32) -> bool {
-        now < self.escalated_until && (self.agent == 0 || self.agent == agent)
+        now < self.escalated_until
+            || self
+                .strikes
+                .iter()
+                .any(|s| s.agent == agent && s.count > 0 && now < s.until)
     }
 
     /// Record a request's arrival and template (pre-upstream stage).
@@ -190,6 +267,7 @@ impl ClientState {
         self.rate_short.add(now, TAU_SHORT, 1.0);
         self.rate_medium.add(now, TAU_MEDIUM, 1.0);
         self.rate_long.add(now, TAU_LONG, 1.0);
+        self.count_burst(now, template);
         if self.recent.capacity() < window {
             self.recent.reserve_exact(window - self.recent.len());
         }
@@ -197,6 +275,32 @@ impl ClientState {
             self.recent.remove(0);
         }
         self.recent.push(template);
+    }
+
+    /// The client's requests of `template` in about the last 10 s (0 when it is not among the
+    /// client's busiest recent templates).
+    pub fn burst(&self, now: f64, template: TemplateId) -> f32 {
+        self.bursts
+            .iter()
+            .find(|(t, _)| *t == template)
+            .map_or(0.0, |(_, d)| d.at(now, TAU_SHORT))
+    }
+
+    fn count_burst(&mut self, now: f64, template: TemplateId) {
+        let slot = match self.bursts.iter().position(|(t, _)| *t == template) {
+            Some(i) => i,
+            None => {
+                let mut quietest = 0;
+                for (i, (_, d)) in self.bursts.iter().enumerate() {
+                    if d.at(now, TAU_SHORT) < self.bursts[quietest].1.at(now, TAU_SHORT) {
+                        quietest = i;
+                    }
+                }
+                self.bursts[quietest] = (template, Decayed::default());
+                quietest
+            }
+        };
+        self.bursts[slot].1.add(now, TAU_SHORT, 1.0);
     }
 
     /// Record the response (post-response stage).
@@ -561,14 +665,76 @@ mod tests {
         assert_eq!(ck.key("1.1.1.1", None, Some(b"x=1"), None), "1.1.1.1");
     }
 
+    /// A client's requests and its anomalies, as the pipeline feeds them.
+    fn request(c: &mut ClientState, now: f64, anomalous: bool, agent: u32) -> bool {
+        c.observe_request(now, TemplateId(1), 20);
+        anomalous && c.note_anomaly(now, 2, 60.0, 600.0, agent)
+    }
+
+    #[test]
+    fn escalation_needs_a_run_of_anomalies_from_one_agent() {
+        // A scanner: every request anomalous, one second apart.
+        let mut c = ClientState::new(0.0);
+        assert!(!request(&mut c, 0.0, true, 7));
+        assert!(request(&mut c, 1.0, true, 7), "second strike escalates");
+        assert!(c.escalated(2.0, 7));
+        assert!(
+            !c.escalated(2.0, 8),
+            "another user agent behind the address goes on"
+        );
+        assert!(
+            c.escalated(600.5, 7) && !c.escalated(601.5, 7),
+            "fades after duration"
+        );
+
+        // A poller that trips a detector every five minutes is not a scan.
+        let mut p = ClientState::new(0.0);
+        for i in 0..10 {
+            request(&mut p, i as f64 * 300.0, true, 7);
+        }
+        assert!(!p.escalated(3000.0, 7));
+
+        // An integration whose calls trip a detector now and then among many ordinary ones.
+        let mut e = ClientState::new(0.0);
+        for i in 0..40 {
+            request(&mut e, i as f64 * 0.1, i % 10 == 0, 7);
+        }
+        assert!(!e.escalated(4.0, 7), "4 anomalies among 40 requests");
+
+        // A scanner rotating its user agent escalates the whole address.
+        let mut r = ClientState::new(0.0);
+        for i in 0..3 {
+            request(&mut r, i as f64, true, 10 + i);
+        }
+        assert!(r.escalated(3.0, 99));
+    }
+
+    #[test]
+    fn bursts_count_one_route_of_one_client() {
+        let mut c = ClientState::new(0.0);
+        for i in 0..30 {
+            c.observe_request(i as f64 * 0.1, TemplateId(5), 20);
+            // Assets in between take the other slots and do not push the busy route out.
+            c.observe_request(i as f64 * 0.1, TemplateId(100 + i), 20);
+        }
+        assert!(
+            c.burst(3.0, TemplateId(5)) > 20.0,
+            "{}",
+            c.burst(3.0, TemplateId(5))
+        );
+        assert!(c.burst(3.0, TemplateId(6)) == 0.0);
+        assert!(c.burst(60.0, TemplateId(5)) < 1.0, "decays over ~10 s");
+    }
+
     #[test]
     fn bytes_per_client() {
         let mut c = ClientState::new(0.0);
         for i in 0..20 {
             c.observe_request(i as f64, TemplateId(i), 20);
         }
-        // About 300 bytes of state per client with a window of 20, plus its key and the map
-        // entry: 100,000 clients fit in roughly 45 MB.
-        assert!(c.size_bytes() <= 300, "{}", c.size_bytes());
+        // About 470 bytes of state per client with a window of 20 (a quarter of it the four
+        // route bursts, a quarter the strikes of four user agents), plus its key and the map
+        // entry.
+        assert!(c.size_bytes() <= 480, "{}", c.size_bytes());
     }
 }

@@ -28,8 +28,12 @@ pub struct MinerConfig {
     /// Templates seen fewer times than this are not kept either.
     pub min_count: u64,
     /// Templates requested by fewer distinct clients than this are not routes of the site
-    /// but one client's idea (a scanner's probe list, a typo): they map to `UNKNOWN`.
+    /// but one client's idea (a scanner's probe list, a typo): they map to `UNKNOWN`...
     pub min_clients: usize,
+    /// ...unless that client used it at least this often and at least half of the answers
+    /// were 2xx/3xx: an integration's own endpoint (an ERP syncing stock) is a route of the
+    /// site that only one client uses; a scanner's path answered 403 fifty times is not.
+    pub solo_min_count: u64,
     /// Templates whose responses were mostly "no such resource" (404, 410, 400, 405, 501)
     /// are not routes either, whoever asked for them.
     pub max_missing_share: f64,
@@ -42,6 +46,7 @@ impl Default for MinerConfig {
             max_templates: 2000,
             min_count: 2,
             min_clients: 2,
+            solo_min_count: 50,
             max_missing_share: 0.5,
         }
     }
@@ -227,6 +232,8 @@ struct Cluster {
     count: u64,
     /// Requests answered "no such resource".
     missing: u64,
+    /// Requests answered 2xx or 3xx.
+    answered: u64,
     /// Distinct clients seen, up to `CLIENTS_KEPT` (only "at least min_clients" matters).
     clients: Vec<u64>,
 }
@@ -272,6 +279,7 @@ impl Cluster {
         }
         self.count += 1;
         self.missing += is_missing(status) as u64;
+        self.answered += (200..400).contains(&status) as u64;
         note_client(&mut self.clients, client);
     }
 
@@ -330,6 +338,7 @@ impl Miner {
                     query: shape.query,
                     count: 1,
                     missing: is_missing(status) as u64,
+                    answered: (200..400).contains(&status) as u64,
                     clients: vec![client],
                 });
             }
@@ -347,6 +356,7 @@ impl Miner {
         struct Merged<'a> {
             count: u64,
             missing: u64,
+            answered: u64,
             clients: Vec<u64>,
             first: &'a Cluster,
         }
@@ -355,11 +365,13 @@ impl Miner {
             let e = merged.entry(c.render()).or_insert(Merged {
                 count: 0,
                 missing: 0,
+                answered: 0,
                 clients: Vec::new(),
                 first: c,
             });
             e.count += c.count;
             e.missing += c.missing;
+            e.answered += c.answered;
             for &x in &c.clients {
                 note_client(&mut e.clients, x);
             }
@@ -369,7 +381,8 @@ impl Miner {
             .into_iter()
             .filter(|(_, m)| {
                 m.count >= cfg.min_count
-                    && m.clients.len() >= cfg.min_clients
+                    && (m.clients.len() >= cfg.min_clients
+                        || (m.count >= cfg.solo_min_count && 2 * m.answered >= m.count))
                     && (m.missing as f64) <= cfg.max_missing_share * m.count as f64
             })
             .map(|(t, m)| (t, m.count, m.first))
@@ -422,8 +435,8 @@ pub fn status_bucket(status: u16) -> usize {
 /// page that always answers, ten times the route's usual traffic).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RouteStats {
-    /// Centre and spread of ln(1 + bytes) of its 2xx responses (median and scaled median
-    /// absolute deviation).
+    /// Centre and spread of ln(1 + bytes) of its 2xx responses (median; the larger of the
+    /// scaled median absolute deviation and the scaled 10th-90th percentile range).
     pub bytes_mean: f32,
     pub bytes_std: f32,
     /// Smoothed probability of each status bucket (`status_bucket`).
@@ -432,6 +445,9 @@ pub struct RouteStats {
     /// percentile of per-minute counts).
     pub rate: f32,
     pub failure_rate: f32,
+    /// How hard one client hits the route: the 90th percentile, over the route's clients, of
+    /// each client's largest ~10 s count of it (taken before each of its requests).
+    pub burst: f32,
 }
 
 impl Default for RouteStats {
@@ -443,6 +459,7 @@ impl Default for RouteStats {
             status: [1.0 / STATUS_BUCKETS as f32; STATUS_BUCKETS],
             rate: 0.0,
             failure_rate: 0.0,
+            burst: 0.0,
         }
     }
 }
@@ -677,6 +694,11 @@ mod tests {
         for _ in 0..50 {
             m.add("GET", "/phpmyadmin/", 99, 403);
         }
+        // One integration uses its own endpoint all day; once is not enough.
+        for _ in 0..60 {
+            m.add("PUT", "/api/v1/erp/stock", 42, 200);
+        }
+        m.add("GET", "/api/v1/private", 43, 200);
         m.add("POST", "/login", 1, 401);
         m.add("POST", "/login", 2, 302);
         let v = m.finish();
@@ -688,5 +710,7 @@ mod tests {
         );
         assert!(!texts.contains(&"GET /prodcuts"), "{texts:?}");
         assert!(!texts.contains(&"GET /phpmyadmin/"), "{texts:?}");
+        assert!(texts.contains(&"PUT /api/v1/erp/stock"), "{texts:?}");
+        assert!(!texts.contains(&"GET /api/v1/private"), "{texts:?}");
     }
 }

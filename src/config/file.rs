@@ -126,6 +126,7 @@ impl Default for FileEnsemble {
 pub struct FileEscalation {
     pub enabled: bool,
     pub after: i64,
+    pub within_secs: f64,
     pub duration_secs: f64,
     pub action: String,
 }
@@ -135,6 +136,7 @@ impl Default for FileEscalation {
         FileEscalation {
             enabled: true,
             after: 2,
+            within_secs: 60.0,
             duration_secs: 600.0,
             action: "block".into(),
         }
@@ -738,6 +740,7 @@ fn validate_escalation(fe: &FileEscalation, p: &mut Problems) -> EscalationConfi
     EscalationConfig {
         enabled: fe.enabled,
         after: fe.after.clamp(1, 1000) as u32,
+        within: p.duration("escalation.within_secs", fe.within_secs, 1.0),
         duration: p.duration("escalation.duration_secs", fe.duration_secs, 1.0),
         action: p
             .mode("escalation.action", &fe.action)

@@ -106,8 +106,10 @@ pub struct EnsembleConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EscalationConfig {
     pub enabled: bool,
-    /// Anomalous requests, each within `duration` of the previous, that escalate a client.
+    /// Anomalous requests of one user agent, each within `within` of the previous, that
+    /// escalate a client's requests with that agent.
     pub after: u32,
+    pub within: Duration,
     /// How long an escalation lasts after the client's last anomalous request.
     pub duration: Duration,
     /// What an escalated client's requests get (bounded by the route's mode).

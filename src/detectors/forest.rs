@@ -425,7 +425,7 @@ impl<const N: usize> ForestModel<N> {
                 .partition(|(i, _)| i % every == every - 1);
             let train: Vec<(u64, [f64; N])> = train.into_iter().map(|(_, v)| *v).collect();
             let bounds = Bounds::of(&train);
-            let capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share)
+            let capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share, established)
                 .iter()
                 .map(quantize)
                 .collect();
@@ -448,7 +448,7 @@ impl<const N: usize> ForestModel<N> {
             // Calibrated with each client's share capped too: a flood left in the log would
             // otherwise be the top half percent the threshold is set by.
             let hold: Vec<(u64, [f64; N])> = hold.into_iter().map(|(_, v)| *v).collect();
-            let mut scores: Vec<f64> = cap_clients(&hold, opts.max_client_share / 4.0)
+            let mut scores: Vec<f64> = cap_clients(&hold, opts.max_client_share / 4.0, established)
                 .iter()
                 .map(|v| {
                     let q = quantize(v);
@@ -495,6 +495,12 @@ impl<const N: usize> ForestModel<N> {
                 })
                 .map(|(c, _)| c)
                 .collect();
+            tracing::info!(
+                threshold = result.threshold,
+                set_aside = suspects.len(),
+                found = found.len(),
+                "forest training round"
+            );
             if found.is_empty() {
                 break;
             }
@@ -565,8 +571,13 @@ impl Round {
 const SUSPECT_MIN_REQUESTS: u32 = 5;
 /// Share of a client's requests above threshold that sets it aside.
 const SUSPECT_SHARE: f64 = 0.25;
-/// Rounds of setting aside after the first training.
-const SUSPECT_ROUNDS: usize = 3;
+/// How many times the share cap an established client may take: an integration that syncs
+/// all day is a large part of the site's traffic, and capped like a stranger its requests were
+/// rare enough in training for the forest to flag them ever after.
+const ESTABLISHED_SHARE: f64 = 10.0;
+/// Rounds of setting aside after the first training (it stops earlier when a round finds no
+/// one: each round's lower threshold reveals the next few).
+const SUSPECT_ROUNDS: usize = 12;
 
 /// Steps per unit on the grid features are snapped to before the forest sees them.
 const GRID: f64 = 256.0;
@@ -600,6 +611,9 @@ struct Bounds {
 }
 
 const BOUND_QUANTILE: f64 = 0.99;
+/// Requests a training client needs for its largest values to count in the bounds (unless
+/// most clients have fewer: then all count).
+const BOUND_MIN_REQUESTS: u32 = 5;
 const EXCESS_WEIGHT: f64 = 0.15;
 const EXCESS_CAP: f64 = 4.0;
 /// Spreads above the bound before any excess counts.
@@ -610,14 +624,26 @@ const MIN_SPREAD: f64 = 0.25;
 
 impl Bounds {
     fn of<const N: usize>(data: &[(u64, [f64; N])]) -> Bounds {
-        let mut top: HashMap<u64, [f64; N]> = HashMap::new();
+        let mut top: HashMap<u64, (u32, [f64; N])> = HashMap::new();
         for (c, v) in data {
             let q = quantize(v);
-            let e = top.entry(*c).or_insert(q);
-            for (m, x) in e.iter_mut().zip(q) {
+            let e = top.entry(*c).or_insert((0, q));
+            e.0 += 1;
+            for (m, x) in e.1.iter_mut().zip(q) {
                 *m = m.max(x);
             }
         }
+        // Clients with a handful of requests do not set the bounds: credential stuffing
+        // spreads over hundreds of addresses with a few attempts each, one in ten clients of
+        // a training log, enough to carry a quantile over clients.
+        let regular = top
+            .values()
+            .filter(|(n, _)| *n >= BOUND_MIN_REQUESTS)
+            .count();
+        if regular >= top.len() / 2 {
+            top.retain(|_, (n, _)| *n >= BOUND_MIN_REQUESTS);
+        }
+        let top: HashMap<u64, [f64; N]> = top.into_iter().map(|(c, (_, v))| (c, v)).collect();
         if top.is_empty() {
             return Bounds::default();
         }
@@ -670,16 +696,29 @@ fn quantize<const N: usize>(v: &[f64; N]) -> [f64; N] {
     q
 }
 
-/// Keep at most `share` of the set per client (at least one vector each), evenly spaced over
-/// that client's requests so that its whole period is represented.
-fn cap_clients<const N: usize>(data: &[(u64, [f64; N])], share: f64) -> Vec<[f64; N]> {
-    let cap = ((data.len() as f64) * share).ceil().max(1.0) as usize;
+/// Keep at most `share` of the set per client (`ESTABLISHED_SHARE` times that for an
+/// established one; at least one vector each), evenly spaced over that client's requests so
+/// that its whole period is represented.
+fn cap_clients<const N: usize>(
+    data: &[(u64, [f64; N])],
+    share: f64,
+    established: &HashSet<u64>,
+) -> Vec<[f64; N]> {
+    let cap = |c: &u64| {
+        let s = if established.contains(c) {
+            share * ESTABLISHED_SHARE
+        } else {
+            share
+        };
+        ((data.len() as f64) * s).ceil().max(1.0) as usize
+    };
     let mut per: HashMap<u64, Vec<usize>> = HashMap::new();
     for (i, (c, _)) in data.iter().enumerate() {
         per.entry(*c).or_default().push(i);
     }
     let mut keep = vec![false; data.len()];
-    for idx in per.values() {
+    for (c, idx) in &per {
+        let cap = cap(c);
         if idx.len() <= cap {
             idx.iter().for_each(|&i| keep[i] = true);
         } else {
@@ -823,7 +862,7 @@ mod tests {
         for _ in 0..9000 {
             data.push((999, [9.0, 9.0, 9.0]));
         }
-        let capped = cap_clients(&data, 0.02);
+        let capped = cap_clients(&data, 0.02, &HashSet::new());
         let odd = capped.iter().filter(|v| v[0] == 9.0).count();
         assert!(odd <= 200, "{odd}");
     }

@@ -27,7 +27,7 @@ pub struct Trained {
 use crate::detectors::transformer::Transformer;
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::{SessionConfig, Sessions};
+use crate::session::{Decayed, SessionConfig, Sessions, TAU_SHORT};
 use crate::template::{
     status_bucket, Miner, MinerConfig, RouteStats, TemplateId, Vocabulary, STATUS_BUCKETS,
 };
@@ -106,6 +106,9 @@ fn step(
 /// do not see (a brute force makes most of a login route's 401s, an exfiltration most of an
 /// export route's bytes), and what a route usually answers is what most of its clients get.
 const ROUTE_STATS_PER_CLIENT: u32 = 3;
+/// The same for a client established in the log (`ESTABLISHED_HOURS`): an integration's own
+/// endpoint has one client, and three of its answers say little about their usual sizes.
+const ROUTE_STATS_PER_ESTABLISHED: u32 = 300;
 
 /// What training saw of each route (`Vocabulary::route`), from the rule-clean records.
 fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
@@ -116,24 +119,48 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
         n: f64,
         /// Requests and 401/403 answers per minute of the training span.
         minutes: HashMap<i64, (u32, u32)>,
+        /// Each client's largest ~10 s count of the route, as `ClientState::burst` sees it.
+        bursts: HashMap<u64, f32>,
+    }
+    let mut hours: HashMap<u64, Vec<i64>> = HashMap::new();
+    for r in records {
+        let seen = hours.entry(client_hash(&r.client)).or_default();
+        let hour = r.time.timestamp().div_euclid(3600);
+        if seen.len() < ESTABLISHED_HOURS && !seen.contains(&hour) {
+            seen.push(hour);
+        }
     }
     let mut acc = vec![Acc::default(); vocab.len()];
     let mut per_client: HashMap<(u64, u32), u32> = HashMap::new();
+    let mut counts: HashMap<(u64, u32), Decayed> = HashMap::new();
     for r in records {
         let (m, t, _) = r.request_parts();
         let id = vocab.lookup(&m, &t).0;
         let Some(a) = acc.get_mut(id as usize) else {
             continue;
         };
+        let client = client_hash(&r.client);
+        let now = record_time(r);
+        let count = counts.entry((client, id)).or_default();
+        let before = count.at(now, TAU_SHORT);
+        count.add(now, TAU_SHORT, 1.0);
+        let top = a.bursts.entry(client).or_default();
+        *top = top.max(before);
         let minute = a
             .minutes
             .entry(r.time.timestamp().div_euclid(60))
             .or_default();
         minute.0 += 1;
         minute.1 += matches!(r.status, 401 | 403) as u32;
-        let seen = per_client.entry((client_hash(&r.client), id)).or_default();
+        let seen = per_client.entry((client, id)).or_default();
         *seen += 1;
-        if *seen > ROUTE_STATS_PER_CLIENT {
+        let established = hours.get(&client).map_or(0, Vec::len) >= ESTABLISHED_HOURS;
+        let cap = if established {
+            ROUTE_STATS_PER_ESTABLISHED
+        } else {
+            ROUTE_STATS_PER_CLIENT
+        };
+        if *seen > cap {
             continue;
         }
         a.n += 1.0;
@@ -155,6 +182,16 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
             let mut dev: Vec<f64> = a.sizes.iter().map(|x| (x - median).abs()).collect();
             dev.sort_by(f64::total_cmp);
             let mad = dev.get(dev.len() / 2).copied().unwrap_or(0.0) * 1.4826;
+            // When most answers have one size (an empty poll result), the MAD is 0 and every
+            // other legitimate size looks extreme; the 10th-90th percentile range (2.563
+            // standard deviations of a normal) keeps such a route's spread honest.
+            let at = |q: f64| {
+                a.sizes
+                    .get(((a.sizes.len().saturating_sub(1)) as f64 * q).round() as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            let spread = mad.max((at(0.9) - at(0.1)) / 2.563);
             let mut status = [0f32; STATUS_BUCKETS];
             for (p, c) in status.iter_mut().zip(a.status) {
                 // Add-half smoothing: a status never seen on a route is rare, not impossible.
@@ -162,13 +199,23 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
             }
             RouteStats {
                 bytes_mean: median as f32,
-                bytes_std: mad as f32,
+                bytes_std: spread as f32,
                 status,
                 rate: busy_minute(a.minutes.values().map(|m| m.0), span_minutes) / 60.0,
                 failure_rate: busy_minute(a.minutes.values().map(|m| m.1), span_minutes) / 60.0,
+                burst: percentile(a.bursts.values().copied().collect(), 0.9),
             }
         })
         .collect()
+}
+
+/// The `q` quantile of `v` (0 for none). A tenth of a route's clients may hit it harder than
+/// the 90th percentile; the few attack clients of a training log (a flood is a handful of
+/// addresses) cannot move it.
+fn percentile(mut v: Vec<f32>, q: f64) -> f32 {
+    v.sort_by(f32::total_cmp);
+    let i = ((v.len().saturating_sub(1)) as f64 * q).round() as usize;
+    v.get(i).copied().unwrap_or(0.0)
 }
 
 /// A busy minute of a route: the 90th percentile of its per-minute counts over the training
