@@ -114,7 +114,7 @@ impl Default for FileEnsemble {
         FileEnsemble {
             rules: d(1.0),
             forest: d(1.0),
-            transformer: d(1.0),
+            transformer: d(0.7),
             threshold: 0.5,
             max_action: "block".into(),
         }
