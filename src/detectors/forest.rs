@@ -417,6 +417,7 @@ impl<const N: usize> ForestModel<N> {
         // Every k-th vector is held out: interleaved rather than the last stretch, so that the
         // calibration set covers the same hours and client mix as the training set.
         let every = ((1.0 / opts.holdout.clamp(0.01, 0.5)).round() as usize).max(2);
+        let none = HashSet::new();
         let round = |suspects: &HashSet<u64>| -> Result<_, ForestError> {
             let (hold, train): (Vec<_>, Vec<_>) = data
                 .iter()
@@ -448,7 +449,9 @@ impl<const N: usize> ForestModel<N> {
             // Calibrated with each client's share capped too: a flood left in the log would
             // otherwise be the top half percent the threshold is set by.
             let hold: Vec<(u64, [f64; N])> = hold.into_iter().map(|(_, v)| *v).collect();
-            let mut scores: Vec<f64> = cap_clients(&hold, opts.max_client_share / 4.0, established)
+            // Established clients too: a mobile carrier's address is active all day and can host
+            // a flood, whose records would otherwise set the threshold.
+            let mut scores: Vec<f64> = cap_clients(&hold, opts.max_client_share / 4.0, &none)
                 .iter()
                 .map(|v| {
                     let q = quantize(v);
@@ -571,9 +574,10 @@ impl Round {
 const SUSPECT_MIN_REQUESTS: u32 = 5;
 /// Share of a client's requests above threshold that sets it aside.
 const SUSPECT_SHARE: f64 = 0.25;
-/// How many times the share cap an established client may take: an integration that syncs
-/// all day is a large part of the site's traffic, and capped like a stranger its requests were
-/// rare enough in training for the forest to flag them ever after.
+/// How many times the share cap an established client may take in the training sample (not in
+/// calibration): an integration that syncs all day is a large part of the site's traffic, and
+/// capped like a stranger its requests were rare enough in training for the forest to flag
+/// them ever after.
 const ESTABLISHED_SHARE: f64 = 10.0;
 /// Rounds of setting aside after the first training (it stops earlier when a round finds no
 /// one: each round's lower threshold reveals the next few).
