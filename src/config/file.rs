@@ -135,7 +135,7 @@ impl Default for FileEscalation {
     fn default() -> Self {
         FileEscalation {
             enabled: true,
-            after: 2,
+            after: 3,
             within_secs: 60.0,
             duration_secs: 600.0,
             action: "block".into(),

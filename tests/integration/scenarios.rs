@@ -14,7 +14,7 @@ const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/
 fn start(up: &Upstream, mode: &str) -> Vigil {
     Setup::new(up.addr)
         .policy(&format!("policy:\n  mode: {mode}\n"))
-        .learning("models:\n  dir: {repo}/models\nescalation:\n  enabled: true\n  after: 2\n  duration_secs: 600\n  action: block\n")
+        .learning("models:\n  dir: {repo}/models\nescalation:\n  enabled: true\n  after: 3\n  duration_secs: 600\n  action: block\n")
         .start_with_trusted()
 }
 
