@@ -7,7 +7,7 @@
 pub mod transformer;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use crate::config::Inspection;
@@ -78,6 +78,33 @@ impl Default for TrainConfig {
 /// episodes are short; a partner's poller runs all day).
 const ESTABLISHED_HOURS: usize = 4;
 
+/// The clients established in a log: active in at least `ESTABLISHED_HOURS` distinct clock
+/// hours of it.
+#[derive(Default)]
+struct Established(HashMap<u64, Vec<i64>>);
+
+impl Established {
+    fn note(&mut self, client: u64, now: f64) {
+        let seen = self.0.entry(client).or_default();
+        let hour = (now / 3600.0).floor() as i64;
+        if seen.len() < ESTABLISHED_HOURS && !seen.contains(&hour) {
+            seen.push(hour);
+        }
+    }
+
+    fn contains(&self, client: u64) -> bool {
+        self.0.get(&client).map_or(0, Vec::len) >= ESTABLISHED_HOURS
+    }
+
+    fn into_set(self) -> HashSet<u64> {
+        self.0
+            .into_iter()
+            .filter(|(_, h)| h.len() >= ESTABLISHED_HOURS)
+            .map(|(c, _)| c)
+            .collect()
+    }
+}
+
 pub fn client_hash(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
@@ -122,13 +149,9 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
         /// Each client's largest ~10 s count of the route, as `ClientState::burst` sees it.
         bursts: HashMap<u64, f32>,
     }
-    let mut hours: HashMap<u64, Vec<i64>> = HashMap::new();
+    let mut established = Established::default();
     for r in records {
-        let seen = hours.entry(client_hash(&r.client)).or_default();
-        let hour = r.time.timestamp().div_euclid(3600);
-        if seen.len() < ESTABLISHED_HOURS && !seen.contains(&hour) {
-            seen.push(hour);
-        }
+        established.note(client_hash(&r.client), record_time(r));
     }
     let mut acc = vec![Acc::default(); vocab.len()];
     let mut per_client: HashMap<(u64, u32), u32> = HashMap::new();
@@ -154,8 +177,7 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
         minute.1 += matches!(r.status, 401 | 403) as u32;
         let seen = per_client.entry((client, id)).or_default();
         *seen += 1;
-        let established = hours.get(&client).map_or(0, Vec::len) >= ESTABLISHED_HOURS;
-        let cap = if established {
+        let cap = if established.contains(client) {
             ROUTE_STATS_PER_ESTABLISHED
         } else {
             ROUTE_STATS_PER_CLIENT
@@ -185,13 +207,7 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
             // When most answers have one size (an empty poll result), the MAD is 0 and every
             // other legitimate size looks extreme; the 10th-90th percentile range (2.563
             // standard deviations of a normal) keeps such a route's spread honest.
-            let at = |q: f64| {
-                a.sizes
-                    .get(((a.sizes.len().saturating_sub(1)) as f64 * q).round() as usize)
-                    .copied()
-                    .unwrap_or(0.0)
-            };
-            let spread = mad.max((at(0.9) - at(0.1)) / 2.563);
+            let spread = mad.max((quantile(&a.sizes, 0.9) - quantile(&a.sizes, 0.1)) / 2.563);
             let mut status = [0f32; STATUS_BUCKETS];
             for (p, c) in status.iter_mut().zip(a.status) {
                 // Add-half smoothing: a status never seen on a route is rare, not impossible.
@@ -203,19 +219,22 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
                 status,
                 rate: busy_minute(a.minutes.values().map(|m| m.0), span_minutes) / 60.0,
                 failure_rate: busy_minute(a.minutes.values().map(|m| m.1), span_minutes) / 60.0,
-                burst: percentile(a.bursts.values().copied().collect(), 0.9),
+                burst: {
+                    let mut b: Vec<f64> = a.bursts.values().map(|&x| x as f64).collect();
+                    b.sort_by(f64::total_cmp);
+                    quantile(&b, 0.9) as f32
+                },
             }
         })
         .collect()
 }
 
-/// The `q` quantile of `v` (0 for none). A tenth of a route's clients may hit it harder than
-/// the 90th percentile; the few attack clients of a training log (a flood is a handful of
-/// addresses) cannot move it.
-fn percentile(mut v: Vec<f32>, q: f64) -> f32 {
-    v.sort_by(f32::total_cmp);
-    let i = ((v.len().saturating_sub(1)) as f64 * q).round() as usize;
-    v.get(i).copied().unwrap_or(0.0)
+/// The `q` quantile of sorted values (0 for none). For the route's bursts: a tenth of a
+/// route's clients may hit it harder than the 90th percentile, and the few attack clients of
+/// a training log (a flood is a handful of addresses) cannot move it.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len().saturating_sub(1)) as f64 * q).round() as usize;
+    sorted.get(i).copied().unwrap_or(0.0)
 }
 
 /// A busy minute of a route: the 90th percentile of its per-minute counts over the training
@@ -274,23 +293,18 @@ pub fn train(
     let sessions = Sessions::new(cfg.session.clone());
     // Per client: its templates, split into sessions where it was idle longer than the
     // session TTL (the proxy forgets it then, and its next request starts afresh).
-    let mut sequences: std::collections::HashMap<u64, (f64, Vec<Vec<u32>>)> = Default::default();
+    let mut sequences: HashMap<u64, (f64, Vec<Vec<u32>>)> = Default::default();
     let mut pre = Vec::with_capacity(clean.len());
     let mut post = Vec::with_capacity(clean.len());
     let mut unknown = 0usize;
-    let mut clients = std::collections::HashSet::new();
-    // Per client, the distinct clock hours of the log it was active in (up to ESTABLISHED_HOURS).
-    let mut hours: std::collections::HashMap<u64, Vec<i64>> = Default::default();
+    let mut clients = HashSet::new();
+    let mut established = Established::default();
     for (n, r) in clean.iter().enumerate() {
         let (key, template, p, q) = step(&vocabulary, &sessions, r);
         let c = client_hash(&key);
         clients.insert(c);
         let now = record_time(r);
-        let seen = hours.entry(c).or_default();
-        let hour = (now / 3600.0).floor() as i64;
-        if seen.len() < ESTABLISHED_HOURS && !seen.contains(&hour) {
-            seen.push(hour);
-        }
+        established.note(c, now);
         let (last, seqs) = sequences
             .entry(c)
             .or_insert_with(|| (f64::NEG_INFINITY, Vec::new()));
@@ -310,11 +324,7 @@ pub fn train(
     }
     progress("sessions", clean.len(), clean.len());
     progress("forest", 0, 2);
-    let established: std::collections::HashSet<u64> = hours
-        .into_iter()
-        .filter(|(_, h)| h.len() >= ESTABLISHED_HOURS)
-        .map(|(c, _)| c)
-        .collect();
+    let established = established.into_set();
     let pre_model =
         ForestModel::train(&pre, &cfg.forest, &established).map_err(LearnError::PreForest)?;
     progress("forest", 1, 2);
