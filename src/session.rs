@@ -81,6 +81,23 @@ pub const TAU_SHORT: f64 = 10.0;
 pub const TAU_MEDIUM: f64 = 60.0;
 pub const TAU_LONG: f64 = 600.0;
 
+/// The slot of a small per-client table that holds `is`'s entry, else the one with the least
+/// `keep` value (the oldest, the quietest), which the caller then takes over. `keep` is
+/// evaluated once per slot.
+fn slot_for<T>(slots: &[T], is: impl Fn(&T) -> bool, keep: impl Fn(&T) -> f64) -> usize {
+    if let Some(i) = slots.iter().position(is) {
+        return i;
+    }
+    let mut least = (0, f64::INFINITY);
+    for (i, v) in slots.iter().enumerate() {
+        let k = keep(v);
+        if k < least.1 {
+            least = (i, k);
+        }
+    }
+    least.0
+}
+
 /// User agents whose anomalies a client keeps count of (`ClientState::strikes`).
 pub const STRIKE_AGENTS: usize = 4;
 /// Agents striking together that escalate the whole client: more than a NAT address's
@@ -206,22 +223,13 @@ impl ClientState {
         agent: u32,
     ) -> bool {
         let was = self.escalated(now, agent);
-        let slot = match self.strikes.iter().position(|s| s.agent == agent) {
-            Some(i) => i,
-            None => {
-                let mut oldest = 0;
-                for (i, s) in self.strikes.iter().enumerate() {
-                    if s.last < self.strikes[oldest].last {
-                        oldest = i;
-                    }
-                }
-                self.strikes[oldest] = Strikes {
-                    agent,
-                    ..Strikes::default()
-                };
-                oldest
-            }
-        };
+        let slot = slot_for(&self.strikes, |s| s.agent == agent, |s| s.last);
+        if self.strikes[slot].agent != agent {
+            self.strikes[slot] = Strikes {
+                agent,
+                ..Strikes::default()
+            };
+        }
         let s = &mut self.strikes[slot];
         if now - s.last > within {
             s.count = 0;
@@ -250,7 +258,7 @@ impl ClientState {
             || self
                 .strikes
                 .iter()
-                .any(|s| s.agent == agent && s.count > 0 && now < s.until)
+                .any(|s| s.agent == agent && now < s.until)
     }
 
     /// Record a request's arrival and template (pre-upstream stage).
@@ -287,19 +295,14 @@ impl ClientState {
     }
 
     fn count_burst(&mut self, now: f64, template: TemplateId) {
-        let slot = match self.bursts.iter().position(|(t, _)| *t == template) {
-            Some(i) => i,
-            None => {
-                let mut quietest = 0;
-                for (i, (_, d)) in self.bursts.iter().enumerate() {
-                    if d.at(now, TAU_SHORT) < self.bursts[quietest].1.at(now, TAU_SHORT) {
-                        quietest = i;
-                    }
-                }
-                self.bursts[quietest] = (template, Decayed::default());
-                quietest
-            }
-        };
+        let slot = slot_for(
+            &self.bursts,
+            |(t, _)| *t == template,
+            |(_, d)| d.at(now, TAU_SHORT) as f64,
+        );
+        if self.bursts[slot].0 != template {
+            self.bursts[slot] = (template, Decayed::default());
+        }
         self.bursts[slot].1.add(now, TAU_SHORT, 1.0);
     }
 

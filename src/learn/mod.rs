@@ -137,8 +137,15 @@ const ROUTE_STATS_PER_CLIENT: u32 = 3;
 /// endpoint has one client, and three of its answers say little about their usual sizes.
 const ROUTE_STATS_PER_ESTABLISHED: u32 = 300;
 
+/// The client a record belongs to, as the proxy's session table keys it.
+fn session_client(sessions: &Sessions, r: &Record) -> u64 {
+    client_hash(&sessions.key(&r.client, r.user_agent.as_deref(), None, None))
+}
+
 /// What training saw of each route (`Vocabulary::route`), from the rule-clean records.
-fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
+/// Clients are the sessions' clients, so that a route's bursts are counted per client as
+/// `ClientState::burst` counts them at serving time.
+fn route_stats(vocab: &Vocabulary, records: &[&Record], sessions: &Sessions) -> Vec<RouteStats> {
     #[derive(Default, Clone)]
     struct Acc {
         sizes: Vec<f64>,
@@ -151,7 +158,7 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
     }
     let mut established = Established::default();
     for r in records {
-        established.note(client_hash(&r.client), record_time(r));
+        established.note(session_client(sessions, r), record_time(r));
     }
     let mut acc = vec![Acc::default(); vocab.len()];
     let mut per_client: HashMap<(u64, u32), u32> = HashMap::new();
@@ -162,7 +169,7 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record]) -> Vec<RouteStats> {
         let Some(a) = acc.get_mut(id as usize) else {
             continue;
         };
-        let client = client_hash(&r.client);
+        let client = session_client(sessions, r);
         let now = record_time(r);
         let count = counts.entry((client, id)).or_default();
         let before = count.at(now, TAU_SHORT);
@@ -287,10 +294,10 @@ pub fn train(
         }
     }
     let mut vocabulary = miner.finish();
-    vocabulary.set_stats(route_stats(&vocabulary, &clean));
+    let sessions = Sessions::new(cfg.session.clone());
+    vocabulary.set_stats(route_stats(&vocabulary, &clean, &sessions));
     progress("templates", clean.len(), clean.len());
 
-    let sessions = Sessions::new(cfg.session.clone());
     // Per client: its templates, split into sessions where it was idle longer than the
     // session TTL (the proxy forgets it then, and its next request starts afresh).
     let mut sequences: HashMap<u64, (f64, Vec<Vec<u32>>)> = Default::default();
