@@ -605,10 +605,10 @@ pub fn scored_json(
         .learned
         .as_deref()
         .map(|l| escape_nginx(l.vocabulary.text(pre.template).as_bytes()));
-    let mut reasons = pre.verdict.reasons.clone();
-    for r in &post.verdict.reasons {
-        if !reasons.contains(r) {
-            reasons.push(r.clone());
+    let mut reasons = pre.verdict.reasons();
+    for r in post.verdict.reasons() {
+        if !reasons.contains(&r) {
+            reasons.push(r);
         }
     }
     if pre.escalated {

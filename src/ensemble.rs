@@ -109,8 +109,8 @@ pub fn calibrate(raw: f64, floor: f64, threshold: f64, ceiling: f64) -> f64 {
     s.clamp(0.0, 1.0)
 }
 
-/// The fused judgement on a request at one stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The fused judgement on a request at one stage. Serialised with its `reasons`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     /// Fused score in [0, 1].
     pub score: f64,
@@ -119,13 +119,61 @@ pub struct Verdict {
     /// The rule hits reached `policy.threshold` and decided on their own.
     pub rules_decided: bool,
     pub detectors: Vec<DetectorScore>,
-    /// One sentence per piece of evidence, for operators.
-    pub reasons: Vec<String>,
 }
 
 impl Verdict {
     pub fn detector(&self, kind: DetectorKind) -> Option<&DetectorScore> {
         self.detectors.iter().find(|d| d.detector == kind)
+    }
+
+    /// One sentence per piece of evidence, for operators. Written when a log asks for them,
+    /// not per request: under a flood every request has a voting detector, and formatting
+    /// its sentences cost more than scoring it with the forest.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.rules_decided {
+            reasons.push("rule hits reached the policy threshold".to_string());
+        }
+        for d in self.detectors.iter().filter(|d| d.vote) {
+            reasons.push(match d.detector {
+                DetectorKind::Rules => format!(
+                    "rules: {} points (threshold {})",
+                    d.raw, d.raw_threshold
+                ),
+                DetectorKind::ForestPre | DetectorKind::ForestPost => format!(
+                    "{}: anomaly score {:.3} above its trained threshold {:.3} (calibrated {:.2})",
+                    d.detector.as_str(),
+                    d.raw,
+                    d.raw_threshold,
+                    d.score
+                ),
+                DetectorKind::Transformer => format!(
+                    "transformer: this template after the client's previous ones has NLL {:.2} nats, trained threshold {:.2} (calibrated {:.2})",
+                    d.raw, d.raw_threshold, d.score
+                ),
+            });
+        }
+        if self.anomaly && !self.rules_decided {
+            reasons.push(format!(
+                "ensemble score {:.3} >= {:.2}",
+                self.score, self.threshold
+            ));
+        }
+        reasons
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut v = s.serialize_struct("Verdict", 6)?;
+        v.serialize_field("score", &self.score)?;
+        v.serialize_field("threshold", &self.threshold)?;
+        v.serialize_field("anomaly", &self.anomaly)?;
+        v.serialize_field("rules_decided", &self.rules_decided)?;
+        v.serialize_field("detectors", &self.detectors)?;
+        v.serialize_field("reasons", &self.reasons())?;
+        v.end()
     }
 }
 
@@ -137,39 +185,12 @@ pub fn combine(cfg: &EnsembleConfig, scores: Vec<DetectorScore>, rules_decided: 
         .map(|d| (d.weight * d.score).clamp(0.0, 1.0))
         .fold(0.0, f64::max);
     let anomaly = rules_decided || score >= cfg.threshold;
-    let mut reasons = Vec::new();
-    if rules_decided {
-        reasons.push("rule hits reached the policy threshold".to_string());
-    }
-    for d in scores.iter().filter(|d| d.vote) {
-        reasons.push(match d.detector {
-            DetectorKind::Rules => format!(
-                "rules: {} points (threshold {})",
-                d.raw, d.raw_threshold
-            ),
-            DetectorKind::ForestPre | DetectorKind::ForestPost => format!(
-                "{}: anomaly score {:.3} above its trained threshold {:.3} (calibrated {:.2})",
-                d.detector.as_str(),
-                d.raw,
-                d.raw_threshold,
-                d.score
-            ),
-            DetectorKind::Transformer => format!(
-                "transformer: this template after the client's previous ones has NLL {:.2} nats, trained threshold {:.2} (calibrated {:.2})",
-                d.raw, d.raw_threshold, d.score
-            ),
-        });
-    }
-    if anomaly && !rules_decided {
-        reasons.push(format!("ensemble score {score:.3} >= {:.2}", cfg.threshold));
-    }
     Verdict {
         score,
         threshold: cfg.threshold,
         anomaly,
         rules_decided,
         detectors: scores,
-        reasons,
     }
 }
 
@@ -231,7 +252,9 @@ mod tests {
             false,
         );
         assert!(both.anomaly, "{both:?}");
-        assert_eq!(both.reasons.len(), 3, "{:?}", both.reasons);
+        assert_eq!(both.reasons().len(), 3, "{:?}", both.reasons());
+        let json = serde_json::to_value(&both).unwrap();
+        assert_eq!(json["reasons"].as_array().map(Vec::len), Some(3), "{json}");
     }
 
     #[test]

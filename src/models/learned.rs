@@ -201,7 +201,9 @@ fn self_check(learned: &Learned, manifest: &Manifest, path: &Path) -> Result<(),
             ("forest_pre", want.forest_pre, got.forest_pre),
             ("forest_post", want.forest_post, got.forest_post),
         ] {
-            if !(g.is_finite() && (0.0..=1.0).contains(&g)) || (w - g).abs() > 1e-9 {
+            // Forests score in float32 (~1e-8 from the float64 form, so model sets recorded
+            // before that still load); another forest is off by far more.
+            if !(g.is_finite() && (0.0..=1.0).contains(&g)) || (w - g).abs() > 1e-6 {
                 return Err(fail(format!("{name} score {g}, recorded {w}")));
             }
         }
