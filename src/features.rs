@@ -10,7 +10,7 @@ use crate::session::{ClientState, TAU_LONG, TAU_MEDIUM, TAU_SHORT};
 use crate::template::{status_bucket, RouteStats, TemplateId};
 
 /// Bumped whenever the layout below changes.
-pub const FEATURES_VERSION: u32 = 3;
+pub const FEATURES_VERSION: u32 = 4;
 
 /// Pre-upstream features (index: meaning):
 ///  0 hour of day, sine      1 hour of day, cosine (the request's local time)
@@ -40,7 +40,7 @@ pub const PRE: usize = 21;
 ///    clamped to ±10 (0 for non-2xx responses)
 /// 26 surprise of the status on this route: -ln P(status bucket | route) from training
 /// 27 for a 401/403: the route's authentication failures, all clients, against training:
-///    ln((1 + failures in ~60 s) / (1 + failures in a busy minute of training)); else 0
+///    ln((1 + failures in ~10 min) / (1 + failures in a busy ten minutes of training)); else 0
 pub const POST: usize = 28;
 
 pub type PreVector = [f64; PRE];
@@ -65,7 +65,7 @@ pub struct ResponseFacts {
     pub status: u16,
     pub bytes: u64,
     pub route: RouteStats,
-    /// The route's decayed ~60 s count of 401/403 answers, all clients, this one included.
+    /// The route's decayed ~10 min count of 401/403 answers, all clients, this one included.
     pub site_failures: f32,
 }
 
@@ -152,9 +152,8 @@ pub fn post(pre: &PreVector, r: &ResponseFacts, client: &ClientState, now: f64) 
     let p = r.route.status[status_bucket(r.status)] as f64;
     v[PRE + 5] = -(p.clamp(1e-6, 1.0)).ln();
     if matches!(r.status, 401 | 403) {
-        v[PRE + 6] = (ln1p(r.site_failures as f64)
-            - ln1p(r.route.failure_rate as f64 * TAU_MEDIUM))
-        .clamp(-20.0, 20.0);
+        v[PRE + 6] = (ln1p(r.site_failures as f64) - ln1p(r.route.failure_rate as f64 * TAU_LONG))
+            .clamp(-20.0, 20.0);
     }
     v
 }
@@ -220,7 +219,7 @@ mod tests {
             bytes_mean: (20_000f32).ln_1p(),
             bytes_std: 0.3,
             rate: 0.5,
-            failure_rate: 0.01,
+            failure_rate: 1.0 / 600.0,
             ..RouteStats::default()
         };
         route.status = [0.9, 0.01, 0.05, 0.01, 0.01, 0.01, 0.01];
@@ -245,7 +244,7 @@ mod tests {
         assert_eq!(at(200, 21_000, 50.0)[PRE + 6], 0.0, "only failures count");
         assert!(
             at(401, 900, 50.0)[PRE + 6] > 3.0,
-            "fifty failures a minute, usually one"
+            "fifty failures in ten minutes, usually one"
         );
         let mut busy = facts("/search?q=a", 6);
         busy.route = route;

@@ -417,8 +417,10 @@ impl Site {
         })
     }
 
-    /// Its response was sent; returns the template's decayed ~60 s count of authentication
-    /// failures (401, 403), this response included.
+    /// Its response was sent; returns the template's decayed ~10 min count of authentication
+    /// failures (401, 403), this response included. Ten minutes, not one: credential
+    /// stuffing spreads a few attempts per address over half an hour or more, a trickle that
+    /// a one-minute count loses in the noise of users mistyping their passwords.
     pub fn respond(
         &self,
         vocabulary: u64,
@@ -430,8 +432,8 @@ impl Site {
         self.with(vocabulary, routes, template, |r| {
             let failed = matches!(status, 401 | 403);
             r.failures
-                .add(now, TAU_MEDIUM, if failed { 1.0 } else { 0.0 });
-            r.failures.at(now, TAU_MEDIUM)
+                .add(now, TAU_LONG, if failed { 1.0 } else { 0.0 });
+            r.failures.at(now, TAU_LONG)
         })
     }
 }

@@ -441,9 +441,11 @@ pub struct RouteStats {
     pub bytes_std: f32,
     /// Smoothed probability of each status bucket (`status_bucket`).
     pub status: [f32; STATUS_BUCKETS],
-    /// Requests, and 401/403 answers, per second in a busy minute of training (the 90th
-    /// percentile of per-minute counts).
+    /// Requests per second in a busy minute of training (the 90th percentile of per-minute
+    /// counts).
     pub rate: f32,
+    /// 401/403 answers per second in a busy ten minutes of training (the 90th percentile of
+    /// per-ten-minute counts).
     pub failure_rate: f32,
     /// How hard one client hits the route: the 90th percentile, over the route's clients, of
     /// each client's largest ~10 s count of it (taken before each of its requests).
