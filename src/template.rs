@@ -444,8 +444,8 @@ pub struct RouteStats {
     /// Requests per second in a busy minute of training (the 90th percentile of per-minute
     /// counts).
     pub rate: f32,
-    /// 401/403 answers per second in a busy ten minutes of training (the 90th percentile of
-    /// per-ten-minute counts).
+    /// 401/403 answers per second in a busy ten minutes of training (the 75th percentile of
+    /// per-ten-minute counts; see `learn::busy`).
     pub failure_rate: f32,
     /// How hard one client hits the route: the 90th percentile, over the route's clients, of
     /// each client's largest ~10 s count of it (taken before each of its requests).

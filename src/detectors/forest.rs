@@ -860,17 +860,6 @@ mod tests {
         let known = ForestModel::train(&data, &opts, &HashSet::from([777])).unwrap();
         assert_eq!(foreign.set_aside, 1, "the odd client is set aside");
         assert_eq!(known.set_aside, 0);
-        for m in [&foreign, &known] {
-            let q = quantize(&odd);
-            eprintln!(
-                "DBG forest {} excess {} thr {} center {} n {}",
-                m.compiled.score(&q),
-                m.bounds.excess(&q),
-                m.threshold,
-                m.center,
-                m.trained_on
-            );
-        }
         assert!(foreign.score(&odd).vote, "{:?}", foreign.score(&odd));
         assert!(
             known.score(&odd).raw < foreign.score(&odd).raw,
