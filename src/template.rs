@@ -37,6 +37,12 @@ pub struct MinerConfig {
     /// Templates whose responses were mostly "no such resource" (404, 410, 400, 405, 501)
     /// are not routes either, whoever asked for them.
     pub max_missing_share: f64,
+    /// A position Drain generalised that held at most this many distinct words is a choice
+    /// between routes (`/checkout/payment`, `/checkout/shipping`), not a parameter: each
+    /// word seen at least `name_min_count` times gets its own template. More words
+    /// (`/blog/tags/<*>`, `/users/<*>`) stay one template.
+    pub max_names: usize,
+    pub name_min_count: u64,
 }
 
 impl Default for MinerConfig {
@@ -48,6 +54,8 @@ impl Default for MinerConfig {
             min_clients: 2,
             solo_min_count: 50,
             max_missing_share: 0.5,
+            max_names: 8,
+            name_min_count: 20,
         }
     }
 }
@@ -224,11 +232,9 @@ fn is_date(t: &str) -> bool {
             && (b[4] == b'0' || b[4] == b'1'))
 }
 
-#[derive(Debug, Clone)]
-struct Cluster {
-    tokens: Vec<String>,
-    method: String,
-    query: String,
+/// What was seen of a template or a part of it.
+#[derive(Debug, Clone, Default)]
+struct Tally {
     count: u64,
     /// Requests answered "no such resource".
     missing: u64,
@@ -236,6 +242,58 @@ struct Cluster {
     answered: u64,
     /// Distinct clients seen, up to `CLIENTS_KEPT` (only "at least min_clients" matters).
     clients: Vec<u64>,
+}
+
+impl Tally {
+    fn note(&mut self, client: u64, status: u16) {
+        self.count += 1;
+        self.missing += is_missing(status) as u64;
+        self.answered += (200..400).contains(&status) as u64;
+        note_client(&mut self.clients, client);
+    }
+
+    fn add(&mut self, o: &Tally) {
+        self.count += o.count;
+        self.missing += o.missing;
+        self.answered += o.answered;
+        for &c in &o.clients {
+            note_client(&mut self.clients, c);
+        }
+    }
+
+    fn kept(&self, cfg: &MinerConfig) -> bool {
+        self.count >= cfg.min_count
+            && (self.clients.len() >= cfg.min_clients
+                || (self.count >= cfg.solo_min_count && 2 * self.answered >= self.count))
+            && (self.missing as f64) <= cfg.max_missing_share * self.count as f64
+    }
+}
+
+/// Distinct words seen at one position of a cluster, while there are few of them.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    words: Vec<String>,
+    /// More than `MinerConfig::max_names` distinct words: a parameter, not a route name.
+    many: bool,
+}
+
+/// In a `Variant` key: the position has too many words to tell them apart.
+const ANY_NAME: u8 = u8::MAX;
+/// Variants tracked per cluster; requests beyond them count for the wildcard template only.
+const VARIANTS_KEPT: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Cluster {
+    tokens: Vec<String>,
+    method: String,
+    query: String,
+    tally: Tally,
+    /// Per position, the words seen there.
+    names: Vec<Names>,
+    /// Per combination of words (an index into `names` per position, `ANY_NAME` where there
+    /// are many), what was seen of it: a low-cardinality position that Drain generalised
+    /// (`/checkout/<*>` over payment and shipping) is split back into routes in `finish`.
+    variants: HashMap<Vec<u8>, Tally>,
 }
 
 const CLIENTS_KEPT: usize = 16;
@@ -271,26 +329,98 @@ impl Cluster {
         same as f64 / self.tokens.len() as f64
     }
 
-    fn absorb(&mut self, s: &Shape, client: u64, status: u16) {
+    fn absorb(&mut self, s: &Shape, client: u64, status: u16, max_names: usize) {
         for (t, seg) in self.tokens.iter_mut().zip(&s.segments) {
             if t != seg && t != WILD {
                 *t = generalise(t, seg).unwrap_or_else(|| WILD.to_string());
             }
         }
-        self.count += 1;
-        self.missing += is_missing(status) as u64;
-        self.answered += (200..400).contains(&status) as u64;
-        note_client(&mut self.clients, client);
+        self.tally.note(client, status);
+        let key: Vec<u8> = self
+            .names
+            .iter_mut()
+            .zip(&s.segments)
+            .map(|(n, seg)| {
+                if n.many {
+                    return ANY_NAME;
+                }
+                if let Some(i) = n.words.iter().position(|w| w == seg) {
+                    return i as u8;
+                }
+                if n.words.len() >= max_names {
+                    n.many = true;
+                    n.words = Vec::new();
+                    return ANY_NAME;
+                }
+                n.words.push(seg.clone());
+                (n.words.len() - 1) as u8
+            })
+            .collect();
+        if self.variants.len() < VARIANTS_KEPT || self.variants.contains_key(&key) {
+            self.variants.entry(key).or_default().note(client, status);
+        }
     }
 
-    fn render(&self) -> String {
-        let mut s = format!("{} /{}", self.method, self.tokens.join("/"));
-        if !self.query.is_empty() {
-            s.push('?');
-            s.push_str(&self.query);
+    /// The cluster as templates: one per frequent combination of route names at positions
+    /// with few words, and the wildcard template for the rest. Each is (tokens, tally, and
+    /// whether it is kept whatever its own tally says).
+    fn routes(&self, cfg: &MinerConfig) -> Vec<(Vec<String>, Tally, bool)> {
+        // Positions Drain generalised although they hold only a few words.
+        let named: Vec<usize> = (0..self.tokens.len())
+            .filter(|&p| {
+                self.tokens[p].starts_with(WILD)
+                    && !self.names[p].many
+                    && self.names[p].words.len() > 1
+            })
+            .collect();
+        if named.is_empty() {
+            return vec![(self.tokens.clone(), self.tally.clone(), false)];
         }
-        s
+        let mut split: HashMap<Vec<u8>, Tally> = HashMap::new();
+        for (key, t) in &self.variants {
+            let k: Vec<u8> = named.iter().map(|&p| key[p]).collect();
+            split.entry(k).or_default().add(t);
+        }
+        let mut split: Vec<(Vec<u8>, Tally)> = split.into_iter().collect();
+        split.sort_by(|a, b| a.0.cmp(&b.0));
+        // Requests past `VARIANTS_KEPT` combinations belong to no variant: they stay with the
+        // wildcard template, counted as seen from the cluster's clients.
+        let mut rest = self.tally.clone();
+        for (_, t) in &split {
+            rest.count -= t.count;
+            rest.missing -= t.missing;
+            rest.answered -= t.answered;
+        }
+        if rest.count == 0 {
+            rest.clients.clear();
+        }
+        let mut out = Vec::new();
+        for (k, t) in split {
+            if k.contains(&ANY_NAME) || t.count < cfg.name_min_count || !t.kept(cfg) {
+                rest.add(&t);
+                continue;
+            }
+            let mut tokens = self.tokens.clone();
+            for (&p, &i) in named.iter().zip(&k) {
+                tokens[p] = self.names[p].words[i as usize].clone();
+            }
+            out.push((tokens, t, false));
+        }
+        // The wildcard template stays whenever the cluster is a route, even if the names took
+        // all its requests: tomorrow's `app.<new hash>.css` after a deploy is still this
+        // route, not an unknown one.
+        out.push((self.tokens.clone(), rest, self.tally.kept(cfg)));
+        out
     }
+}
+
+fn render(method: &str, tokens: &[String], query: &str) -> String {
+    let mut s = format!("{method} /{}", tokens.join("/"));
+    if !query.is_empty() {
+        s.push('?');
+        s.push_str(query);
+    }
+    s
 }
 
 /// Two differing tokens with the same extension generalise to `<*>.ext`.
@@ -328,21 +458,22 @@ impl Miner {
             .filter(|(_, sim)| *sim >= self.config.similarity)
             // Highest similarity; the oldest cluster on ties, for determinism.
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
-        match best {
-            Some((i, _)) => self.clusters[i].absorb(&shape, client, status),
+        let i = match best {
+            Some((i, _)) => i,
             None => {
                 bucket.push(self.clusters.len());
                 self.clusters.push(Cluster {
-                    tokens: shape.segments,
-                    method: shape.method,
-                    query: shape.query,
-                    count: 1,
-                    missing: is_missing(status) as u64,
-                    answered: (200..400).contains(&status) as u64,
-                    clients: vec![client],
+                    names: vec![Names::default(); shape.segments.len()],
+                    tokens: shape.segments.clone(),
+                    method: shape.method.clone(),
+                    query: shape.query.clone(),
+                    tally: Tally::default(),
+                    variants: HashMap::new(),
                 });
+                self.clusters.len() - 1
             }
-        }
+        };
+        self.clusters[i].absorb(&shape, client, status, self.config.max_names);
     }
 
     pub fn cluster_count(&self) -> usize {
@@ -354,47 +485,40 @@ impl Miner {
     /// resource"), ids assigned by descending count then text.
     pub fn finish(&self) -> Vocabulary {
         struct Merged<'a> {
-            count: u64,
-            missing: u64,
-            answered: u64,
-            clients: Vec<u64>,
+            tally: Tally,
+            tokens: Vec<String>,
+            fallback: bool,
             first: &'a Cluster,
         }
+        let cfg = &self.config;
         let mut merged: HashMap<String, Merged<'_>> = HashMap::new();
         for c in &self.clusters {
-            let e = merged.entry(c.render()).or_insert(Merged {
-                count: 0,
-                missing: 0,
-                answered: 0,
-                clients: Vec::new(),
-                first: c,
-            });
-            e.count += c.count;
-            e.missing += c.missing;
-            e.answered += c.answered;
-            for &x in &c.clients {
-                note_client(&mut e.clients, x);
+            for (tokens, t, fallback) in c.routes(cfg) {
+                let e = merged
+                    .entry(render(&c.method, &tokens, &c.query))
+                    .or_insert(Merged {
+                        tally: Tally::default(),
+                        tokens,
+                        fallback: false,
+                        first: c,
+                    });
+                e.tally.add(&t);
+                e.fallback |= fallback;
             }
         }
-        let cfg = &self.config;
-        let mut list: Vec<(String, u64, &Cluster)> = merged
+        let mut list: Vec<(String, u64, Vec<String>, &Cluster)> = merged
             .into_iter()
-            .filter(|(_, m)| {
-                m.count >= cfg.min_count
-                    && (m.clients.len() >= cfg.min_clients
-                        || (m.count >= cfg.solo_min_count && 2 * m.answered >= m.count))
-                    && (m.missing as f64) <= cfg.max_missing_share * m.count as f64
-            })
-            .map(|(t, m)| (t, m.count, m.first))
+            .filter(|(_, m)| m.fallback || m.tally.kept(cfg))
+            .map(|(t, m)| (t, m.tally.count, m.tokens, m.first))
             .collect();
         list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         list.truncate(self.config.max_templates);
         let templates = list
             .into_iter()
-            .map(|(text, count, c)| Template {
+            .map(|(text, count, tokens, c)| Template {
                 text,
                 method: c.method.clone(),
-                tokens: c.tokens.clone(),
+                tokens,
                 query: c.query.clone(),
                 count,
             })
@@ -442,7 +566,7 @@ pub struct RouteStats {
     /// Smoothed probability of each status bucket (`status_bucket`).
     pub status: [f32; STATUS_BUCKETS],
     /// Requests per second in a busy minute of training (the 90th percentile of per-minute
-    /// counts).
+    /// counts, or the median of the minutes in which the route was used if that is more).
     pub rate: f32,
     /// 401/403 answers per second in a busy ten minutes of training (the 75th percentile of
     /// per-ten-minute counts; see `learn::busy`).
@@ -591,7 +715,7 @@ mod tests {
 
     /// Each request from its own client, answered 200.
     fn add(m: &mut Miner, method: &str, target: &str) {
-        let n = m.clusters.iter().map(|c| c.count).sum::<u64>();
+        let n = m.clusters.iter().map(|c| c.tally.count).sum::<u64>();
         m.add(method, target, n, 200);
     }
 
@@ -657,6 +781,49 @@ mod tests {
         );
         assert_eq!(v.lookup("DELETE", "/api/login"), TemplateId::UNKNOWN);
         assert_eq!(v.text(v.lookup("POST", "/api/login")), "POST /api/login");
+    }
+
+    #[test]
+    fn few_frequent_words_are_routes_many_are_a_parameter() {
+        let mut m = Miner::new(MinerConfig::default());
+        for c in 0..40 {
+            m.add("POST", "/checkout/shipping", c, 302);
+            m.add("POST", "/checkout/payment", c, 302);
+            // Nine user names, each as frequent as a checkout step: a parameter.
+            m.add(
+                "GET",
+                &format!(
+                    "/users/{}",
+                    ["ann", "bob", "cy", "di", "ed", "flo", "gus", "hal", "ivy"][c as usize % 9]
+                ),
+                c,
+                200,
+            );
+        }
+        m.add("POST", "/checkout/coupon", 1, 302);
+        let v = m.finish();
+        let texts: Vec<&str> = v.templates().iter().map(|t| t.text.as_str()).collect();
+        assert!(texts.contains(&"POST /checkout/payment"), "{texts:?}");
+        assert!(texts.contains(&"POST /checkout/shipping"), "{texts:?}");
+        assert!(texts.contains(&"GET /users/<*>"), "{texts:?}");
+        assert!(!texts.contains(&"GET /users/ann"), "{texts:?}");
+        assert_eq!(
+            v.text(v.lookup("POST", "/checkout/payment")),
+            "POST /checkout/payment"
+        );
+        // A word too rare to be a route of its own, or one never seen, is still the route
+        // Drain found.
+        assert_eq!(
+            v.text(v.lookup("POST", "/checkout/coupon")),
+            "POST /checkout/<*>"
+        );
+        assert_eq!(
+            v.text(v.lookup("POST", "/checkout/gift")),
+            "POST /checkout/<*>"
+        );
+        let count = |t: &str| v.templates().iter().find(|x| x.text == t).map(|x| x.count);
+        assert_eq!(count("POST /checkout/payment"), Some(40));
+        assert_eq!(count("POST /checkout/<*>"), Some(1));
     }
 
     #[test]

@@ -225,7 +225,15 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record], sessions: &Sessions) -> 
                 bytes_mean: median as f32,
                 bytes_std: spread as f32,
                 status,
-                rate: busy(a.minutes.values().copied(), span_minutes, 0.9) / 60.0,
+                // A route used in runs (an integration syncing every 15 minutes) is quiet in
+                // most minutes, so its 90th percentile is 0 and each run would look like a
+                // surge: the baseline is at least its median minute in use. A flood in the
+                // log would have to fill half of the route's busy minutes to move that.
+                rate: busy(a.minutes.values().copied(), span_minutes, 0.9).max(busy(
+                    a.minutes.values().copied(),
+                    0,
+                    0.5,
+                )) / 60.0,
                 failure_rate: busy(a.tens.values().copied(), span_minutes.div_ceil(10), 0.75)
                     / 600.0,
                 burst: {
