@@ -347,7 +347,7 @@ impl Cluster {
                 if let Some(i) = n.words.iter().position(|w| w == seg) {
                     return i as u8;
                 }
-                if n.words.len() >= max_names {
+                if n.words.len() >= max_names.min(ANY_NAME as usize) {
                     n.many = true;
                     n.words = Vec::new();
                     return ANY_NAME;
