@@ -277,7 +277,7 @@ struct Names {
     many: bool,
 }
 
-/// In a `Variant` key: the position has too many words to tell them apart.
+/// In a key of `Cluster::variants`: the position has too many words to tell them apart.
 const ANY_NAME: u8 = u8::MAX;
 /// Variants tracked per cluster; requests beyond them count for the wildcard template only.
 const VARIANTS_KEPT: usize = 1024;
