@@ -254,9 +254,11 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(i).copied().unwrap_or(0.0)
 }
 
-/// A busy period of a route: the `q` quantile of its counts per period over the training
-/// span's `periods` (quiet ones included). A flood or a stuffing run in the log fills a few
-/// periods and moves a mean, not this. Requests take the 90th percentile of minutes;
+/// A busy period of a route: the `q` quantile of its counts per period, padded with quiet
+/// (zero) periods up to the training span's `periods`; with `periods` 0, the quantile of the
+/// periods in which the route was used. A flood or a stuffing run in the log fills a few
+/// periods and moves a mean, not this. Requests take the 90th percentile of minutes (or the
+/// median minute in use, if more);
 /// authentication failures the 75th of ten-minute periods, because a simulated training day
 /// had credential stuffing on its login route in 17 of its 144 ten-minute periods (and the
 /// 90th percentile was the attackers' rate, not the users').
