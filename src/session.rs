@@ -100,8 +100,9 @@ fn slot_for<T>(slots: &[T], is: impl Fn(&T) -> bool, keep: impl Fn(&T) -> f64) -
 
 /// User agents whose anomalies a client keeps count of (`ClientState::strikes`).
 pub const STRIKE_AGENTS: usize = 4;
-/// Agents striking together that escalate the whole client: more than a NAT address's
-/// attacker plus one of its users tripping a detector by chance.
+/// Agents striking together that escalate the whole client when none of them escalated on
+/// its own: more than a NAT address's attacker plus one of its users tripping a detector by
+/// chance.
 pub const ROTATING_AGENTS: usize = 3;
 
 /// Share of a client's requests of the last minute that its anomalies must make before they
@@ -162,8 +163,8 @@ pub struct ClientState {
     pub gap_var: f32,
     /// Anomalous requests per user agent (the most recent `STRIKE_AGENTS` agents). Escalation
     /// holds for the agent that earned it, so that the people behind one NAT address are not
-    /// blocked for what one of them did; strikes from several agents at once (a scanner
-    /// rotating its user agent) escalate the whole client.
+    /// blocked for what one of them did; strikes from several agents at once, none with a run
+    /// of its own (a scanner rotating its user agent), escalate the whole client.
     pub strikes: [Strikes; STRIKE_AGENTS],
     /// Until when (seconds, request clock) every request of the client gets the escalated
     /// action, whatever its user agent.
@@ -213,7 +214,8 @@ impl ClientState {
     /// behaviour goes on and fades when it stops. A scan, a brute force or a flood is anomalous
     /// request after request; an integration whose poll trips a forest now and then among its
     /// ordinary calls is not. `ROTATING_AGENTS` agents striking each within `within` of now
-    /// escalate the whole client. Returns whether this call started a new escalation.
+    /// escalate the whole client, unless one of them is escalated on its own. Returns whether
+    /// this call started a new escalation.
     pub fn note_anomaly(
         &mut self,
         now: f64,
@@ -245,9 +247,11 @@ impl ClientState {
         // counters it has just filled with errors: escalating the whole address blocked them
         // for ten minutes (466 of 535 false positives on one simulated site). A scanner that
         // rotates its user agent never builds a run under one agent.
-        let striking = |s: &&Strikes| s.count > 0 && now - s.last <= within;
-        let agents = self.strikes.iter().filter(striking).count();
-        let one_explains = self.strikes.iter().filter(striking).any(|s| s.until > now);
+        let (agents, one_explains) = self
+            .strikes
+            .iter()
+            .filter(|s| s.count > 0 && now - s.last <= within)
+            .fold((0, false), |(n, one), s| (n + 1, one || s.until > now));
         if agents >= ROTATING_AGENTS && !one_explains {
             self.escalated_until = self.escalated_until.max(now + duration);
         }
