@@ -515,24 +515,8 @@ impl<const N: usize> ForestModel<N> {
                 })
                 .collect();
             scores.sort_by(f64::total_cmp);
-            let k = ((scores.len() as f64) * (1.0 - opts.target_fpr)).ceil() as usize;
-            let empirical = scores[k.min(scores.len() - 1)];
-            // Attacks from many addresses (credential stuffing: hundreds of addresses, a few
-            // attempts each) pass every cap and set-aside; once they are more than the target
-            // share of the held-out records, the empirical quantile lands among them (on one
-            // simulated site, 0.74 against 0.56 for the normal records, and the forests found
-            // almost nothing). So the threshold is at most the tail extrapolated from the
-            // 80th and 90th percentiles, which up to a tenth of contamination does not move,
-            // as an exponential tail (normal scores' tails are lighter, so on a clean log the
-            // empirical quantile is the lower one and stands).
-            let at = |q: f64| scores[(((scores.len() as f64) * q) as usize).min(scores.len() - 1)];
-            let (q80, q90) = (at(0.8), at(0.9));
-            let tail = q90 + (q90 - q80) / std::f64::consts::LN_2 * (0.1 / opts.target_fpr).ln();
-            let threshold = if opts.target_fpr < 0.1 {
-                empirical.min(tail)
-            } else {
-                empirical
-            };
+            // At most the extrapolated tail: see `tail_threshold`.
+            let threshold = crate::ensemble::tail_threshold(&scores, opts.target_fpr);
             let center = scores[scores.len() / 2].min(threshold);
             Ok(Round {
                 compiled,
