@@ -58,7 +58,7 @@ pub enum Command {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
         /// Target false-positive rate each detector (both forests, the transformer) is
-        /// calibrated to on held-out traffic; the ensemble's rate is up to their sum. Each
+        /// calibrated to on held-out traffic; the ensemble's rate is up to their sum. A forest's
         /// threshold is at most the held-out tail extrapolated from its 80th and 90th
         /// percentiles, so attacks left in the log cannot push it up.
         #[arg(long, default_value_t = 0.005)]

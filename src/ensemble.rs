@@ -85,32 +85,6 @@ pub fn rules_score(points: u32, threshold: u32) -> f64 {
     (points as f64 / (2.0 * threshold.max(1) as f64)).min(1.0)
 }
 
-/// The raw score above which `target_fpr` of held-out normal scores lie, from held-out
-/// scores sorted ascending (not empty). Both learned detectors calibrate with it.
-///
-/// Logs hold attacks that no cap or set-aside removes (credential stuffing from hundreds of
-/// addresses, a scanner among the held-out clients); once they are more than the target share
-/// of the held-out scores, the empirical quantile lands among them (on one simulated site the
-/// post forest's was 0.74 against 0.56 for the normal records, and the forests found almost
-/// nothing; the transformer's was 8.8 nats against 6.3). So the threshold is at most the tail
-/// extrapolated from the 80th and 90th percentiles as an exponential tail. Contamination moves
-/// those percentiles far less than the 99.5th: 2% of scores at 12 nats above exponential
-/// normal ones whose 99.5th percentile is 5.3 give 6.0, against 12 for the empirical quantile.
-/// Normal scores' tails are mostly lighter than exponential, so on a clean log the empirical
-/// quantile is the lower one and stands.
-pub fn tail_threshold(sorted: &[f64], target_fpr: f64) -> f64 {
-    let n = sorted.len();
-    let k = ((n as f64) * (1.0 - target_fpr)).ceil() as usize;
-    let empirical = sorted[k.min(n - 1)];
-    if target_fpr >= 0.1 {
-        return empirical;
-    }
-    let at = |q: f64| sorted[(((n as f64) * q) as usize).min(n - 1)];
-    let (q80, q90) = (at(0.8), at(0.9));
-    let tail = q90 + (q90 - q80) / std::f64::consts::LN_2 * (0.1 / target_fpr).ln();
-    empirical.min(tail)
-}
-
 /// Map a raw score so that `threshold` lands on 0.5 and `ceiling` (or anything above) on 1;
 /// `floor` and below land on 0. Piecewise linear, so the order of raw scores is kept.
 pub fn calibrate(raw: f64, floor: f64, threshold: f64, ceiling: f64) -> f64 {
