@@ -764,9 +764,9 @@ fn quantize<const N: usize>(v: &[f64; N]) -> [f64; N] {
 /// of the held-out scores, the empirical quantile lands among them (on one simulated site the
 /// post forest's was 0.74 against 0.56 for the normal records, and the forests found almost
 /// nothing). So the threshold is at most the tail extrapolated from the 80th and 90th
-/// percentiles as an exponential tail. Contamination moves
-/// those percentiles far less than the 99.5th: 2% of scores at 12 above exponential normal
-/// ones whose 99.5th percentile is 5.3 give 6.0, against 12 for the empirical quantile.
+/// percentiles as an exponential tail. Contamination moves those percentiles far less than
+/// the 99.5th: 2% of scores at 12 above exponential normal ones whose 99.5th percentile is 5.3
+/// give 6.0, against 12 for the empirical quantile (test `the_tail_cap_resists_contamination`).
 /// Normal scores' tails are mostly lighter than exponential, so on a clean log the empirical
 /// quantile is the lower one and stands. (Not for the transformer's NLLs: a near-deterministic
 /// sequence model puts most of them near 0 with a tail far heavier than exponential beyond the
@@ -847,18 +847,36 @@ mod tests {
             .collect()
     }
 
+    fn train_at(data: &[(u64, [f64; 3])], target_fpr: f64) -> ForestModel<3> {
+        let opts = TrainOptions {
+            target_fpr,
+            ..TrainOptions::default()
+        };
+        ForestModel::train(data, &opts, &HashSet::new()).unwrap()
+    }
+
+    #[test]
+    fn the_tail_cap_resists_contamination() {
+        // Normal scores with an exponential tail: their 99.5th percentile is ln 200 = 5.3.
+        let n = 10_000;
+        let normal: Vec<f64> = (0..n)
+            .map(|i| -(1.0 - (i as f64 + 0.5) / n as f64).ln())
+            .collect();
+        let clean = tail_threshold(&normal, 0.005);
+        assert!((clean - 200f64.ln()).abs() < 0.1, "{clean}");
+        // 2% more at 12: the empirical 99.5th percentile is 12, the cap about 6.
+        let mut contaminated = normal;
+        contaminated.extend(std::iter::repeat_n(12.0, 200));
+        let capped = tail_threshold(&contaminated, 0.005);
+        assert!(capped > 5.5 && capped < 6.5, "{capped}");
+        // A target of a tenth or more is the empirical quantile.
+        assert_eq!(tail_threshold(&contaminated, 0.2), contaminated[8160]);
+    }
+
     #[test]
     fn calibrated_to_the_target_false_positive_rate() {
         let data = normal_data(5000);
-        let m = ForestModel::train(
-            &data,
-            &TrainOptions {
-                target_fpr: 0.05,
-                ..TrainOptions::default()
-            },
-            &HashSet::new(),
-        )
-        .unwrap();
+        let m = train_at(&data, 0.05);
         let fresh = normal_data(3000);
         let fp = fresh.iter().filter(|(_, v)| m.score(v).vote).count() as f64 / fresh.len() as f64;
         assert!(fp < 0.10, "false-positive rate on fresh normal data: {fp}");
@@ -883,15 +901,7 @@ mod tests {
         for i in 0..150 {
             data.push((10_000 + i / 2, stuffing(&mut s)));
         }
-        let m = ForestModel::train(
-            &data,
-            &TrainOptions {
-                target_fpr: 0.005,
-                ..TrainOptions::default()
-            },
-            &HashSet::new(),
-        )
-        .unwrap();
+        let m = train_at(&data, 0.005);
         let caught = (0..100).filter(|_| m.score(&stuffing(&mut s)).vote).count();
         assert!(
             caught >= 90,
