@@ -515,13 +515,14 @@ fn train(
         None => "no transformer".to_string(),
     };
     println!(
-        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; forest thresholds pre {:.4} / post {:.4}; {transformer}; {:.1} s; written to {}",
+        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; {} in waves of authentication failures, which the post forest is not trained on; forest thresholds pre {:.4} / post {:.4}; {transformer}; {:.1} s; written to {}",
         s.records - s.excluded_by_rules,
         s.records,
         s.excluded_by_rules,
         s.clients,
         s.templates,
         s.unknown_share * 100.0,
+        s.failure_wave,
         learned.pre.threshold(),
         learned.post.threshold(),
         t0.elapsed().as_secs_f64(),

@@ -46,6 +46,19 @@ pub const POST: usize = 28;
 pub type PreVector = [f64; PRE];
 pub type PostVector = [f64; POST];
 
+/// Feature 27 above this (ten times the route's 401/403s of a busy ten minutes of training)
+/// is a site-wide wave of authentication failures.
+pub const FAILURE_WAVE: f64 = std::f64::consts::LN_10;
+
+/// Whether a post-response vector came in a site-wide wave of authentication failures.
+/// Training leaves such records out of the post forest (`learn`): credential stuffing spread
+/// over hundreds of addresses is a thousand near-identical records in a training day, a dense
+/// region that an isolation forest learns as normal, and no client has enough of them to be
+/// set aside.
+pub fn in_failure_wave(v: &PostVector) -> bool {
+    v[27] > FAILURE_WAVE
+}
+
 /// What the features need to know about the request itself.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {

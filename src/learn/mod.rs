@@ -14,7 +14,7 @@ use crate::config::Inspection;
 use crate::detectors::forest::{ForestError, ForestModel, TrainOptions};
 use crate::detectors::rules::RuleSet;
 use crate::eval::request_from_record;
-use crate::features::{PostVector, PreVector, FEATURES_VERSION};
+use crate::features::{in_failure_wave, PostVector, PreVector, FEATURES_VERSION};
 use crate::models::learned::{canary_outputs, Canary, CANARIES};
 pub use crate::models::learned::{Learned, TrainingSummary};
 
@@ -350,8 +350,17 @@ pub fn train(
     let pre_model =
         ForestModel::train(&pre, &cfg.forest, &established).map_err(LearnError::PreForest)?;
     progress("forest", 1, 2);
+    // Waves of authentication failures are left out of the post forest's training sample
+    // (see `in_failure_wave`). Measured on four simulated sites, credential stuffing's request
+    // recall rose from 0.39-0.93 to 0.86-0.93 and F1 on each. Left out of its calibration too,
+    // false positives rose on one site from 0.45% to 0.70%. Not the pre forest's counterpart,
+    // a route's site-wide request surges (feature 19): an integration's own sync surges its
+    // routes, and with the surges left out one such integration was flagged ever after (false
+    // positives on one site 0.36% to 1.4%).
+    let failure_wave = post.iter().filter(|(_, q)| in_failure_wave(q)).count();
     let post_model =
-        ForestModel::train(&post, &cfg.forest, &established).map_err(LearnError::PostForest)?;
+        ForestModel::train_leaving_out(&post, &cfg.forest, &established, in_failure_wave)
+            .map_err(LearnError::PostForest)?;
     progress("forest", 2, 2);
     let summary = TrainingSummary {
         records: records.len(),
@@ -369,6 +378,7 @@ pub fn train(
             .unwrap_or_default(),
         features_version: FEATURES_VERSION,
         transformer: false,
+        failure_wave,
     };
     let (transformer, onnx) = match &cfg.lm {
         Some(lm) => match train_transformer(

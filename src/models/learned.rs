@@ -29,6 +29,10 @@ pub struct TrainingSummary {
     /// Whether a transformer was trained (a small log may not have enough clients for it).
     #[serde(default)]
     pub transformer: bool,
+    /// Post-response records in site-wide waves of authentication failures
+    /// (`features::in_failure_wave`), which the post forest is not trained on.
+    #[serde(default)]
+    pub failure_wave: usize,
 }
 
 /// The learned detectors of a model set.
