@@ -864,6 +864,16 @@ mod tests {
             .collect()
     }
 
+    /// `normal_data` as visitors of two requests each, as on a site, so that the per-client caps
+    /// keep them all.
+    fn visitors(n: usize) -> Vec<(u64, [f64; 3])> {
+        normal_data(n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, v))| (i as u64 / 2, v))
+            .collect()
+    }
+
     fn train_at(data: &[(u64, [f64; 3])], target_fpr: f64) -> ForestModel<3> {
         let opts = TrainOptions {
             target_fpr,
@@ -907,12 +917,7 @@ mod tests {
         // Credential stuffing in the training log: 3% of the records, one or two each from
         // hundreds of addresses, so no cap or set-aside removes them. Calibrated on the
         // held-out records' 99.5th percentile alone, the threshold lands among them.
-        // Visitors of a few requests each, as on a site, so the per-client caps keep them all.
-        let mut data: Vec<(u64, [f64; 3])> = normal_data(5000)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (_, v))| (i as u64 / 2, v))
-            .collect();
+        let mut data = visitors(5000);
         let mut s = 11u64;
         let stuffing = |s: &mut u64| [0.5 + 0.05 * lcg(s), 1.0 + 0.1 * lcg(s), 6.8 + 0.2 * lcg(s)];
         for i in 0..150 {
@@ -934,11 +939,7 @@ mod tests {
     fn a_wave_left_out_of_training_is_found() {
         // A wave of near-identical records from hundreds of clients, a few each (credential
         // stuffing), 5% of a training log: a region dense enough to be learned as normal.
-        let mut data: Vec<(u64, [f64; 3])> = normal_data(5000)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (_, v))| (i as u64 / 2, v))
-            .collect();
+        let mut data = visitors(5000);
         let mut s = 5u64;
         let wave = |s: &mut u64| [0.5 + 0.05 * lcg(s), 1.0 + 0.1 * lcg(s), 7.0 + 0.1 * lcg(s)];
         for i in 0..250 {

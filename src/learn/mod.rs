@@ -352,8 +352,8 @@ pub fn train(
     progress("forest", 1, 2);
     // Waves of authentication failures are left out of the post forest's training sample
     // (see `in_failure_wave`). Measured on four simulated sites, credential stuffing's request
-    // recall rose from 0.39-0.93 to 0.86-0.93 and F1 on each. Left out of its calibration too,
-    // false positives rose on one site from 0.45% to 0.70%. Not the pre forest's counterpart,
+    // recall rose from 0.41-0.93 to 0.86-0.94, and F1 on each. Left out of its calibration too,
+    // false positives rose on one site from 0.42% to 0.70%. Not the pre forest's counterpart,
     // a route's site-wide request surges (feature 19): an integration's own sync surges its
     // routes, and with the surges left out one such integration was flagged ever after (false
     // positives on one site 0.36% to 1.4%).
