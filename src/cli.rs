@@ -71,6 +71,11 @@ pub enum Command {
         /// Skip the transformer (templates and forests only).
         #[arg(long)]
         no_transformer: bool,
+        /// Seed of the random choices in training (the forests' samples and trees, the
+        /// transformer's initial weights and batches). The same logs and seed give the same
+        /// models; another seed shows how much a result owes to chance.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Score an existing combined-format log offline (post-response stage, the log's own
     /// timestamps as the clock) and write one JSON object per input line, in input order.
@@ -161,6 +166,11 @@ pub enum Command {
         /// `vigil train --target-fpr`).
         #[arg(long, default_value_t = 0.005)]
         target_fpr: f64,
+        /// Seed of the random choices in the training of --traffic (the forests' samples and trees, the
+        /// transformer's initial weights and batches). The same logs and seed give the same
+        /// models; another seed shows how much a result owes to chance.
+        #[arg(long)]
+        seed: Option<u64>,
         /// Also write the --traffic report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -206,11 +216,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             target_fpr,
             max_templates,
             no_transformer,
+            seed,
         } => train(
             &log,
             &out,
             &config,
-            target_fpr,
+            (target_fpr, seed),
             max_templates,
             !no_transformer,
         ),
@@ -232,6 +243,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             labels,
             train_share,
             target_fpr,
+            seed,
             json,
         } => {
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -248,7 +260,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     &rules,
                     log,
                     labels,
-                    (train_share, target_fpr),
+                    (train_share, target_fpr, seed),
                     json.as_deref(),
                 )?;
                 if payloads.is_empty()
@@ -371,7 +383,7 @@ fn eval_traffic(
     rules: &std::sync::Arc<RuleSet>,
     log: &std::path::Path,
     labels: &std::path::Path,
-    (train_share, target_fpr): (f64, f64),
+    (train_share, target_fpr, seed): (f64, f64, Option<u64>),
     json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let lines = eval::traffic::load_labeled(log, labels)?;
@@ -382,6 +394,7 @@ fn eval_traffic(
         ..Default::default()
     };
     train.forest.target_fpr = target_fpr;
+    train.reseed(seed);
     let report = eval::traffic::evaluate(
         cfg,
         rules,
@@ -468,7 +481,7 @@ fn train(
     logs: &[PathBuf],
     out: &std::path::Path,
     config: &std::path::Path,
-    target_fpr: f64,
+    (target_fpr, seed): (f64, Option<u64>),
     max_templates: usize,
     with_transformer: bool,
 ) -> anyhow::Result<i32> {
@@ -489,6 +502,7 @@ fn train(
         ..Default::default()
     };
     tc.forest.target_fpr = target_fpr;
+    tc.reseed(seed);
     tc.miner.max_templates = max_templates;
     if !with_transformer {
         tc.lm = None;

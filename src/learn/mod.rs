@@ -73,6 +73,18 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Use `seed` for every random choice of training (`None`: the defaults).
+    pub fn reseed(&mut self, seed: Option<u64>) {
+        if let Some(seed) = seed {
+            self.forest.seed = seed;
+            if let Some(lm) = &mut self.lm {
+                lm.seed = seed;
+            }
+        }
+    }
+}
+
 /// A client active in at least this many distinct clock hours of the training log is part of
 /// the site's traffic, however odd: the forests never set it aside as an attacker (attack
 /// episodes are short; a partner's poller runs all day).
@@ -379,6 +391,7 @@ pub fn train(
         features_version: FEATURES_VERSION,
         transformer: false,
         failure_wave,
+        seed: cfg.forest.seed,
     };
     let (transformer, onnx) = match &cfg.lm {
         Some(lm) => match train_transformer(

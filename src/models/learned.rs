@@ -33,6 +33,10 @@ pub struct TrainingSummary {
     /// (`features::in_failure_wave`), which the post forest is not trained on.
     #[serde(default)]
     pub failure_wave: usize,
+    /// Seed of the forests' random choices (`vigil train --seed`; the transformer's is in its
+    /// ONNX metadata, `vigil.seed`), to reproduce the set.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// The learned detectors of a model set.
