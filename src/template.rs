@@ -141,10 +141,51 @@ fn mask_segment(seg: &str) -> String {
             && ext.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             let m = mask_token(stem);
+            let m = if m == stem {
+                mask_fingerprints(stem)
+            } else {
+                m
+            };
             return format!("{m}.{}", ext.to_ascii_lowercase());
         }
     }
     mask_token(seg)
+}
+
+/// Mask the content hashes of a bundler's file names (`app.7ee402da.js`, `vendor-3f9a1c0b2d.css`,
+/// vite's `index-BXa3f2Kq.js`): every deploy renames the assets, and without the mask each
+/// build's names are templates of their own, rare in training just after a deploy and
+/// unknown after the next one, so the sequence model found every page load surprising.
+fn mask_fingerprints(stem: &str) -> String {
+    let mut out = String::with_capacity(stem.len());
+    for part in stem.split_inclusive(['.', '-', '_']) {
+        let (word, sep) = match part.char_indices().last() {
+            Some((i, c @ ('.' | '-' | '_'))) => (&part[..i], Some(c)),
+            _ => (part, None),
+        };
+        if is_fingerprint(word) {
+            out.push_str("<hash>");
+        } else {
+            out.push_str(word);
+        }
+        out.extend(sep);
+    }
+    out
+}
+
+/// A bundler's content hash: eight or more hex digits with a digit and a letter among them,
+/// or eight base64url letters and digits of mixed case with a digit (vite). Words, version
+/// numbers (`v2`) and names (`photo-2`) are not.
+fn is_fingerprint(w: &str) -> bool {
+    let b = w.as_bytes();
+    if b.len() < 8 || !b.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    let upper = b.iter().any(u8::is_ascii_uppercase);
+    let lower = b.iter().any(u8::is_ascii_lowercase);
+    let hex = b.iter().all(u8::is_ascii_hexdigit);
+    digits > 0 && digits < b.len() && (hex || (b.len() <= 12 && upper && lower))
 }
 
 fn mask_query_key(k: &str) -> String {
@@ -734,6 +775,15 @@ mod tests {
         assert_eq!(mask_token("logstash"), "logstash");
         assert_eq!(mask_segment("photo-2.JPG"), "photo-2.jpg");
         assert_eq!(mask_segment("98765.png"), "<num>.png");
+        assert_eq!(mask_segment("app.7ee402da.js"), "app.<hash>.js");
+        assert_eq!(
+            mask_segment("main.3f2a1b9c.chunk.js"),
+            "main.<hash>.chunk.js"
+        );
+        assert_eq!(mask_segment("index-BXa3f2Kq.js"), "index-<hash>.js");
+        assert_eq!(mask_segment("jquery-3.7.1.min.js"), "jquery-3.7.1.min.js");
+        assert_eq!(mask_segment("Windows-Setup.exe"), "Windows-Setup.exe");
+        assert_eq!(mask_segment("favicon.ico"), "favicon.ico");
     }
 
     #[test]
