@@ -529,7 +529,7 @@ fn train(
         None => "no transformer".to_string(),
     };
     println!(
-        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; {} in waves of authentication failures, which the post forest is not trained on; forest thresholds pre {:.4} / post {:.4}; {transformer}; {:.1} s; written to {}",
+        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; {} in waves of authentication failures, which the post forest is not trained on; forest thresholds pre {:.4} / post {:.4} ({} / {} established clients with higher ones of their own); {transformer}; {:.1} s; written to {}",
         s.records - s.excluded_by_rules,
         s.records,
         s.excluded_by_rules,
@@ -539,6 +539,8 @@ fn train(
         s.failure_wave,
         learned.pre.threshold(),
         learned.post.threshold(),
+        learned.pre.own_thresholds(),
+        learned.post.own_thresholds(),
         t0.elapsed().as_secs_f64(),
         out.display()
     );

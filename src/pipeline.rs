@@ -267,7 +267,11 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     let mut transformer = None;
     if let Some(l) = learned {
         if ens.forest.enabled {
-            let s = l.pre.score(&arrival.features);
+            let client = l
+                .pre
+                .has_own_thresholds()
+                .then(|| crate::session::key_hash(&key));
+            let s = l.pre.score_for(client, &arrival.features);
             scores.push(DetectorScore::new(
                 DetectorKind::ForestPre,
                 &ens.forest,
@@ -356,7 +360,11 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
         .collect();
     if let (Some(l), Some(v)) = (learned, post_vec) {
         if ens.forest.enabled {
-            let s = l.post.score(&v);
+            let client = l
+                .post
+                .has_own_thresholds()
+                .then(|| crate::session::key_hash(&pre.session_key));
+            let s = l.post.score_for(client, &v);
             scores.push(DetectorScore::new(
                 DetectorKind::ForestPost,
                 &ens.forest,

@@ -356,6 +356,15 @@ const SHARDS: usize = 16;
 /// Entries examined to pick an eviction victim when a shard is full.
 const EVICTION_SAMPLE: usize = 16;
 
+/// A session key as model files store it (a forest's per-client thresholds): FNV-1a, 64 bits,
+/// because the standard library's hasher may change between Rust releases and a model set
+/// must mean the same to every build of vigil.
+pub fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// A request's user agent as the escalation state keys it (never 0, which means "several").
 pub fn agent_hash(user_agent: Option<&[u8]>) -> u32 {
     let mut h = DefaultHasher::new();

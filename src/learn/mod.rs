@@ -6,9 +6,7 @@
 
 pub mod transformer;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 
 use crate::config::Inspection;
 use crate::detectors::forest::{ForestError, ForestModel, TrainOptions};
@@ -117,10 +115,9 @@ impl Established {
     }
 }
 
+/// A client (or a session key) as training and model files identify it.
 pub fn client_hash(key: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    crate::session::key_hash(key)
 }
 
 /// Seconds since the epoch, with milliseconds, of a record.
@@ -438,9 +435,9 @@ fn train_transformer(
     let every = every.min(clients.len()).max(2);
     let mut train = Vec::new();
     let mut hold = Vec::new();
-    for (i, (_, seqs)) in clients.into_iter().enumerate() {
+    for (i, (c, seqs)) in clients.into_iter().enumerate() {
         if i % every == every - 1 {
-            hold.extend(seqs);
+            hold.extend(seqs.into_iter().map(|s| (c, s)));
         } else {
             train.extend(seqs);
         }
@@ -464,23 +461,28 @@ fn train_transformer(
     // Every request of the held-out clients, scored as the proxy would: with the client's
     // previous templates as context, BOS while the whole history fits.
     let mut items: Vec<(&[u32], bool, u32)> = Vec::new();
-    for s in &hold {
+    let mut owners: Vec<u64> = Vec::new();
+    for (c, s) in &hold {
         for i in 0..s.len() {
             items.push((&s[..i], true, s[i]));
+            owners.push(*c);
         }
     }
     let cap = 40_000;
     if items.len() > cap {
         let step = items.len() as f64 / cap as f64;
-        items = (0..cap)
-            .map(|k| items[(k as f64 * step) as usize])
-            .collect();
+        let pick = |k: usize| (k as f64 * step) as usize;
+        items = (0..cap).map(|k| items[pick(k)]).collect();
+        owners = (0..cap).map(|k| owners[pick(k)]).collect();
     }
     progress("calibrate", 0, 1);
     let nlls = model.nll_batch(&items)?;
     progress("calibrate", 1, 1);
-    let calibration = NllCalibration::from_nlls(
-        nlls.into_iter().map(f64::from).collect(),
+    let calibration = NllCalibration::from_client_nlls(
+        owners
+            .into_iter()
+            .zip(nlls.into_iter().map(f64::from))
+            .collect(),
         cfg.forest.target_fpr,
     )
     .ok_or_else(|| {
