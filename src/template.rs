@@ -140,11 +140,9 @@ fn mask_segment(seg: &str) -> String {
             && (1..=5).contains(&ext.len())
             && ext.bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            let m = mask_token(stem);
-            let m = if m == stem {
-                mask_fingerprints(stem)
-            } else {
-                m
+            let m = match mask_token(stem) {
+                m if m == stem => mask_fingerprints(stem).unwrap_or(m),
+                m => m,
             };
             return format!("{m}.{}", ext.to_ascii_lowercase());
         }
@@ -156,21 +154,19 @@ fn mask_segment(seg: &str) -> String {
 /// vite's `index-BXa3f2Kq.js`): every deploy renames the assets, and without the mask each
 /// build's names are templates of their own, rare in training just after a deploy and
 /// unknown after the next one, so the sequence model found every page load surprising.
-fn mask_fingerprints(stem: &str) -> String {
-    let mut out = String::with_capacity(stem.len());
-    for part in stem.split_inclusive(['.', '-', '_']) {
-        let (word, sep) = match part.char_indices().last() {
-            Some((i, c @ ('.' | '-' | '_'))) => (&part[..i], Some(c)),
-            _ => (part, None),
-        };
-        if is_fingerprint(word) {
-            out.push_str("<hash>");
-        } else {
-            out.push_str(word);
-        }
-        out.extend(sep);
+/// `None` when the stem has none (the caller keeps it as it is, with no new string).
+fn mask_fingerprints(stem: &str) -> Option<String> {
+    const SEPARATORS: [char; 3] = ['.', '-', '_'];
+    if !stem.split(SEPARATORS).any(is_fingerprint) {
+        return None;
     }
-    out
+    let mut out = String::with_capacity(stem.len());
+    for part in stem.split_inclusive(SEPARATORS) {
+        let word = part.trim_end_matches(SEPARATORS);
+        out.push_str(if is_fingerprint(word) { "<hash>" } else { word });
+        out.push_str(&part[word.len()..]);
+    }
+    Some(out)
 }
 
 /// A bundler's content hash: eight or more hex digits with a digit and a letter among them,
