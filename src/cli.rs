@@ -539,8 +539,8 @@ fn train(
         s.failure_wave,
         learned.pre.threshold(),
         learned.post.threshold(),
-        learned.pre.own_thresholds(),
-        learned.post.own_thresholds(),
+        learned.pre.clients_with_own_threshold(),
+        learned.post.clients_with_own_threshold(),
         t0.elapsed().as_secs_f64(),
         out.display()
     );
@@ -675,7 +675,7 @@ fn templates(logs: &[PathBuf], max_templates: usize, show: usize) -> anyhow::Res
         miner.add(
             &method,
             &target,
-            crate::learn::client_hash(&r.client),
+            crate::session::key_hash(&r.client),
             r.status,
         );
     }

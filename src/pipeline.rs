@@ -56,6 +56,9 @@ pub struct Pre {
     pub escalated: bool,
     #[serde(skip)]
     pub session_key: String,
+    /// The session key as the forests' per-client thresholds name it (`session::key_hash`).
+    #[serde(skip)]
+    client: u64,
     #[serde(skip)]
     pub now: f64,
     /// The request's user agent, hashed (`session::agent_hash`).
@@ -249,6 +252,7 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
 
     let learned = models.learned.as_deref();
     let key = session_key(sessions, input);
+    let client = crate::session::key_hash(&key);
     let window = sessions.config().window;
     let vocabulary = learned.map(|l| (&l.vocabulary, l.vocabulary_tag));
     let facts = request_facts(
@@ -267,10 +271,6 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     let mut transformer = None;
     if let Some(l) = learned {
         if ens.forest.enabled {
-            let client = l
-                .pre
-                .has_own_thresholds()
-                .then(|| crate::session::key_hash(&key));
             let s = l.pre.score_for(client, &arrival.features);
             scores.push(DetectorScore::new(
                 DetectorKind::ForestPre,
@@ -302,6 +302,7 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
         template,
         escalated,
         session_key: key,
+        client,
         now,
         agent,
         features: learned.map(|_| arrival.features),
@@ -360,11 +361,7 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
         .collect();
     if let (Some(l), Some(v)) = (learned, post_vec) {
         if ens.forest.enabled {
-            let client = l
-                .post
-                .has_own_thresholds()
-                .then(|| crate::session::key_hash(&pre.session_key));
-            let s = l.post.score_for(client, &v);
+            let s = l.post.score_for(pre.client, &v);
             scores.push(DetectorScore::new(
                 DetectorKind::ForestPost,
                 &ens.forest,

@@ -359,8 +359,8 @@ const EVICTION_SAMPLE: usize = 16;
 /// A session key as model files store it (a forest's per-client thresholds): FNV-1a, 64 bits,
 /// because the standard library's hasher may change between Rust releases and a model set
 /// must mean the same to every build of vigil.
-pub fn key_hash(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+pub fn key_hash(key: impl AsRef<[u8]>) -> u64 {
+    key.as_ref().iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
@@ -489,10 +489,9 @@ impl Sessions {
     ) -> String {
         match &self.config.key {
             SessionKey::Ip => client.to_string(),
+            // `key_hash`, not the standard hasher: model files name clients by this key.
             SessionKey::IpUserAgent => {
-                let mut h = DefaultHasher::new();
-                user_agent.unwrap_or_default().hash(&mut h);
-                format!("{client}|{:016x}", h.finish())
+                format!("{client}|{:016x}", key_hash(user_agent.unwrap_or_default()))
             }
             SessionKey::Cookie(name) => cookie
                 .and_then(|c| cookie_value(c, name))

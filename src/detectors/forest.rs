@@ -81,7 +81,7 @@ pub struct ForestModel<const N: usize> {
     pub target_fpr: f64,
     /// Clients left out of training and calibration as anomalous as a whole.
     pub set_aside: usize,
-    /// Raw thresholds of established clients (by `client_hash` of their session key) whose
+    /// Raw thresholds of established clients (by `session::key_hash` of their session key) whose
     /// own normal is above the site's: see `own_thresholds`.
     own: HashMap<u64, f64>,
 }
@@ -638,13 +638,14 @@ impl<const N: usize> ForestModel<N> {
         self.score_threshold(v, self.threshold)
     }
 
-    /// Score a vector of `client` (`client_hash` of its session key): against its own
+    /// Score a vector of `client` (`session::key_hash` of its session key): against its own
     /// threshold when training found one.
-    pub fn score_for(&self, client: Option<u64>, v: &[f64; N]) -> Score {
-        let t = client
-            .and_then(|c| self.own.get(&c))
-            .copied()
-            .unwrap_or(self.threshold);
+    pub fn score_for(&self, client: u64, v: &[f64; N]) -> Score {
+        let t = if self.own.is_empty() {
+            self.threshold
+        } else {
+            self.own.get(&client).copied().unwrap_or(self.threshold)
+        };
         self.score_threshold(v, t)
     }
 
@@ -664,13 +665,8 @@ impl<const N: usize> ForestModel<N> {
     }
 
     /// Established clients with a threshold of their own.
-    pub fn own_thresholds(&self) -> usize {
+    pub fn clients_with_own_threshold(&self) -> usize {
         self.own.len()
-    }
-
-    /// Whether any client has a threshold of its own (the caller then hashes the client).
-    pub fn has_own_thresholds(&self) -> bool {
-        !self.own.is_empty()
     }
 
     /// Typical normal traffic (the held-out median) maps to 0, the threshold to 0.5, and as
@@ -734,8 +730,7 @@ fn own_thresholds<const N: usize>(
         .filter(|(_, s)| s.len() >= OWN_MIN_REQUESTS)
         .filter_map(|(c, mut s)| {
             s.sort_by(f64::total_cmp);
-            let k = ((s.len() as f64) * (1.0 - target_fpr)).ceil() as usize;
-            let q = s[k.min(s.len() - 1)];
+            let q = upper_quantile(&s, target_fpr);
             // Just above its quantile: a request scoring like it is the client's normal, and
             // at the threshold itself the calibrated score is 0.5, which votes.
             (q > threshold).then(|| {
@@ -900,8 +895,7 @@ fn quantize<const N: usize>(v: &[f64; N]) -> [f64; N] {
 /// flagged 1.8% of its own traffic.)
 fn tail_threshold(sorted: &[f64], target_fpr: f64) -> f64 {
     let n = sorted.len();
-    let k = ((n as f64) * (1.0 - target_fpr)).ceil() as usize;
-    let empirical = sorted[k.min(n - 1)];
+    let empirical = upper_quantile(sorted, target_fpr);
     if target_fpr >= 0.1 {
         return empirical;
     }
@@ -909,6 +903,12 @@ fn tail_threshold(sorted: &[f64], target_fpr: f64) -> f64 {
     let (q80, q90) = (at(0.8), at(0.9));
     let tail = q90 + (q90 - q80) / std::f64::consts::LN_2 * (0.1 / target_fpr).ln();
     empirical.min(tail)
+}
+
+/// The value above which `share` of ascending `sorted` (not empty) lies.
+fn upper_quantile(sorted: &[f64], share: f64) -> f64 {
+    let k = ((sorted.len() as f64) * (1.0 - share)).ceil() as usize;
+    sorted[k.min(sorted.len() - 1)]
 }
 
 /// Keep at most `share` of the set per client (`ESTABLISHED_SHARE` times that for an
@@ -1261,21 +1261,20 @@ mod tests {
             "odd for the site: {:?}",
             m.score(&onset)
         );
-        assert_eq!(m.own_thresholds(), 1);
-        let own = m.score_for(Some(777), &onset);
+        assert_eq!(m.clients_with_own_threshold(), 1);
+        let own = m.score_for(777, &onset);
         assert!(!own.vote && own.score < 0.5, "its own normal: {own:?}");
         assert!(own.threshold > m.threshold());
         // Anyone else is judged by the site's threshold, and far outliers by everyone's.
-        assert!(m.score_for(Some(778), &onset).vote);
-        assert!(m.score_for(None, &onset).vote);
-        assert!(m.score_for(Some(777), &[8.0, -5.0, 40.0]).vote);
+        assert!(m.score_for(778, &onset).vote);
+        assert!(m.score_for(777, &[8.0, -5.0, 40.0]).vote);
         // Not established: no threshold of its own.
         let stranger = ForestModel::train(&data, &opts, &HashSet::new()).unwrap();
-        assert_eq!(stranger.own_thresholds(), 0);
+        assert_eq!(stranger.clients_with_own_threshold(), 0);
         // Kept in the model file.
         let back: ForestModel<3> =
             serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
-        assert_eq!(back.score_for(Some(777), &onset), own);
+        assert_eq!(back.score_for(777, &onset), own);
         // A file whose client threshold is below the site's is refused.
         let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
         v["own"]["777"] = serde_json::json!(0.1);

@@ -25,7 +25,7 @@ pub struct Trained {
 use crate::detectors::transformer::Transformer;
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::{Decayed, SessionConfig, Sessions, TAU_SHORT};
+use crate::session::{key_hash, Decayed, SessionConfig, Sessions, TAU_SHORT};
 use crate::template::{
     status_bucket, Miner, MinerConfig, RouteStats, TemplateId, Vocabulary, STATUS_BUCKETS,
 };
@@ -115,11 +115,6 @@ impl Established {
     }
 }
 
-/// A client (or a session key) as training and model files identify it.
-pub fn client_hash(key: &str) -> u64 {
-    crate::session::key_hash(key)
-}
-
 /// Seconds since the epoch, with milliseconds, of a record.
 pub fn record_time(r: &Record) -> f64 {
     r.time.timestamp() as f64 + r.time.timestamp_subsec_millis() as f64 / 1000.0
@@ -148,7 +143,7 @@ const ROUTE_STATS_PER_ESTABLISHED: u32 = 300;
 
 /// The client a record belongs to, as the proxy's session table keys it.
 fn session_client(sessions: &Sessions, r: &Record) -> u64 {
-    client_hash(&sessions.key(&r.client, r.user_agent.as_deref(), None, None))
+    key_hash(sessions.key(&r.client, r.user_agent.as_deref(), None, None))
 }
 
 /// What training saw of each route (`Vocabulary::route`), from the rule-clean records.
@@ -312,7 +307,7 @@ pub fn train(
     let mut miner = Miner::new(cfg.miner);
     for (n, r) in clean.iter().enumerate() {
         let (m, t, _) = r.request_parts();
-        miner.add(&m, &t, client_hash(&r.client), r.status);
+        miner.add(&m, &t, key_hash(&r.client), r.status);
         if n % 5000 == 0 {
             progress("templates", n, clean.len());
         }
@@ -332,7 +327,7 @@ pub fn train(
     let mut established = Established::default();
     for (n, r) in clean.iter().enumerate() {
         let (key, template, p, q) = step(&vocabulary, &sessions, r);
-        let c = client_hash(&key);
+        let c = key_hash(&key);
         clients.insert(c);
         let now = record_time(r);
         established.note(c, now);
