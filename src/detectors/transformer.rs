@@ -449,18 +449,8 @@ pub struct NllCalibration {
 }
 
 impl NllCalibration {
-    /// From held-out NLLs (any order). `None` when there are too few to calibrate on.
-    pub fn from_nlls(nlls: Vec<f64>, target_fpr: f64) -> Option<NllCalibration> {
-        Self::from_client_nlls(
-            nlls.into_iter()
-                .enumerate()
-                .map(|(i, x)| (i as u64, x))
-                .collect(),
-            target_fpr,
-        )
-    }
-
-    /// From held-out `(client, NLL)` pairs (any order): the threshold lets `target_fpr` of
+    /// From held-out `(client, NLL)` pairs (any order); `None` when there are too few to
+    /// calibrate on. The threshold lets `target_fpr` of
     /// them through, but no client counts for more than `TAIL_CLIENT_SHARE` of that tail. A
     /// held-out client is one the model never saw, and a client with habits of its own (an
     /// API consumer paging through a route nobody else uses) is surprising request after
@@ -740,19 +730,15 @@ mod tests {
             .collect();
         let plain = NllCalibration::from_client_nlls(normal.clone(), 0.005).unwrap();
         assert!((plain.threshold - 9.95).abs() < 0.01, "{plain:?}");
-        assert_eq!(
-            NllCalibration::from_nlls(normal.iter().map(|p| p.1).collect(), 0.005),
-            Some(plain)
-        );
-        // One client with 200 requests at 14 nats: the plain quantile is 14.
+        // 200 more requests at 14 nats: from 200 clients they are the tail, and the threshold
+        // is 14.
+        let mut many = normal.clone();
+        many.extend((0..200).map(|i| (10_000 + i, 14.0)));
+        let many = NllCalibration::from_client_nlls(many, 0.005).unwrap();
+        assert_eq!(many.threshold, 14.0);
+        // From one client, counted for at most a tenth of the tail, they move it a little.
         let mut odd = normal;
         odd.extend((0..200).map(|_| (9999, 14.0)));
-        let nlls: Vec<f64> = odd.iter().map(|p| p.1).collect();
-        assert_eq!(
-            NllCalibration::from_nlls(nlls, 0.005).unwrap().threshold,
-            14.0
-        );
-        // Counted for at most a tenth of the tail, it moves the threshold a little.
         let capped = NllCalibration::from_client_nlls(odd, 0.005).unwrap();
         assert!(
             capped.threshold > 9.9 && capped.threshold < 10.0,

@@ -455,21 +455,20 @@ fn train_transformer(
     let model = SequenceModel::load(&onnx, std::path::Path::new("transformer.onnx"))?;
     // Every request of the held-out clients, scored as the proxy would: with the client's
     // previous templates as context, BOS while the whole history fits.
-    let mut items: Vec<(&[u32], bool, u32)> = Vec::new();
-    let mut owners: Vec<u64> = Vec::new();
+    let mut items = Vec::new();
     for (c, s) in &hold {
         for i in 0..s.len() {
-            items.push((&s[..i], true, s[i]));
-            owners.push(*c);
+            items.push((*c, (&s[..i], true, s[i])));
         }
     }
     let cap = 40_000;
     if items.len() > cap {
         let step = items.len() as f64 / cap as f64;
-        let pick = |k: usize| (k as f64 * step) as usize;
-        items = (0..cap).map(|k| items[pick(k)]).collect();
-        owners = (0..cap).map(|k| owners[pick(k)]).collect();
+        items = (0..cap)
+            .map(|k| items[(k as f64 * step) as usize])
+            .collect();
     }
+    let (owners, items): (Vec<u64>, Vec<_>) = items.into_iter().unzip();
     progress("calibrate", 0, 1);
     let nlls = model.nll_batch(&items)?;
     progress("calibrate", 1, 1);
