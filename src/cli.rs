@@ -166,9 +166,7 @@ pub enum Command {
         /// `vigil train --target-fpr`).
         #[arg(long, default_value_t = 0.005)]
         target_fpr: f64,
-        /// Seed of the random choices in the training of --traffic (the forests' samples and trees, the
-        /// transformer's initial weights and batches). The same logs and seed give the same
-        /// models; another seed shows how much a result owes to chance.
+        /// Seed of the random choices in the training of --traffic (as `vigil train --seed`).
         #[arg(long)]
         seed: Option<u64>,
         /// Also write the --traffic report as JSON to this file.
