@@ -85,6 +85,10 @@ pub enum Command {
         models: Option<PathBuf>,
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
+        /// Add the forests' input to each line ("features": {"pre": [...], "post": [...]},
+        /// numbered as in src/features.rs): to see why a forest voted.
+        #[arg(long)]
+        features: bool,
         /// Log file, or - for standard input.
         file: PathBuf,
     },
@@ -226,8 +230,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Score {
             models,
             config,
+            features,
             file,
-        } => score(models.as_deref(), &config, &file),
+        } => score(models.as_deref(), &config, features, &file),
         Command::Eval {
             config,
             payloads,
@@ -548,6 +553,7 @@ fn train(
 fn score(
     models: Option<&std::path::Path>,
     config: &std::path::Path,
+    features: bool,
     file: &std::path::Path,
 ) -> anyhow::Result<i32> {
     use std::io::Write as _;
@@ -590,7 +596,14 @@ fn score(
             Err(e) => serde_json::json!({ "line": i + 1, "error": e.reason }),
             Ok(r) => {
                 let (pre, post) = crate::pipeline::score_record(&set, &sessions, &r);
-                scored_json(i + 1, &r, &set, &pre, &post)
+                let mut v = scored_json(i + 1, &r, &set, &pre, &post);
+                if features {
+                    v["features"] = serde_json::json!({
+                        "pre": pre.features.as_ref().map(|f| f.to_vec()),
+                        "post": post.features.as_ref().map(|f| f.to_vec()),
+                    });
+                }
+                v
             }
         };
         writeln!(out, "{v}")?;

@@ -64,8 +64,9 @@ pub struct Pre {
     /// The request's user agent, hashed (`session::agent_hash`).
     #[serde(skip)]
     pub agent: u32,
+    /// The forests' input (`vigil score --features`); `None` without learned detectors.
     #[serde(skip)]
-    features: Option<PreVector>,
+    pub features: Option<PreVector>,
     /// The transformer's score, reused by the post-response verdict.
     #[serde(skip)]
     transformer: Option<DetectorScore>,
@@ -77,6 +78,9 @@ pub struct Post {
     pub verdict: Verdict,
     /// This response made the client escalated.
     pub escalated_now: bool,
+    /// The post forest's input (`vigil score --features`).
+    #[serde(skip)]
+    pub features: Option<PostVector>,
 }
 
 fn session_key(sessions: &Sessions, input: &RequestInput<'_>) -> String {
@@ -400,6 +404,7 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
     Post {
         verdict,
         escalated_now,
+        features: post_vec,
     }
 }
 

@@ -72,6 +72,7 @@ pub struct Score {
 pub struct ForestModel<const N: usize> {
     compiled: Compiled,
     bounds: Bounds,
+    floors: Floors,
     /// Raw score at the calibrated threshold.
     threshold: f64,
     /// Median raw score of held-out normal vectors: calibrated to 0.
@@ -94,6 +95,9 @@ struct Stored {
     forest: Compiled,
     #[serde(default)]
     bounds: Bounds,
+    /// Per feature, its floor or null (see `Floors`); empty in files from before floors.
+    #[serde(default)]
+    floors: Vec<Option<f64>>,
     threshold: f64,
     center: f64,
     trained_on: usize,
@@ -124,6 +128,7 @@ impl<const N: usize> TryFrom<Stored> for ForestModel<N> {
         }
         s.forest.validate(N)?;
         s.bounds.validate(N)?;
+        let floors = Floors::from_stored(&s.floors, N)?;
         let mut own = HashMap::with_capacity(s.own.len());
         for (k, t) in s.own {
             let c: u64 = k
@@ -142,6 +147,7 @@ impl<const N: usize> TryFrom<Stored> for ForestModel<N> {
         Ok(ForestModel {
             compiled,
             bounds: s.bounds,
+            floors,
             threshold: s.threshold,
             center: s.center,
             trained_on: s.trained_on,
@@ -159,6 +165,7 @@ impl<const N: usize> From<ForestModel<N>> for Stored {
             features: N,
             forest: m.compiled,
             bounds: m.bounds,
+            floors: m.floors.to_stored(),
             threshold: m.threshold,
             center: m.center,
             trained_on: m.trained_on,
@@ -471,12 +478,14 @@ impl<const N: usize> std::fmt::Debug for ForestModel<N> {
 impl<const N: usize> ForestModel<N> {
     /// Train from `(client, vector)` pairs in chronological order.
     /// `established` clients are never set aside as anomalous as a whole (see below).
+    /// `floored`: the features whose low end is ordinary (`Floors`).
     pub fn train(
         data: &[(u64, [f64; N])],
         opts: &TrainOptions,
         established: &HashSet<u64>,
+        floored: &[bool; N],
     ) -> Result<ForestModel<N>, ForestError> {
-        Self::train_leaving_out(data, opts, established, |_| false)
+        Self::train_leaving_out(data, opts, established, floored, |_| false)
     }
 
     /// `train`, with the vectors for which `left_out` holds kept out of the training sample
@@ -487,6 +496,7 @@ impl<const N: usize> ForestModel<N> {
         data: &[(u64, [f64; N])],
         opts: &TrainOptions,
         established: &HashSet<u64>,
+        floored: &[bool; N],
         left_out: impl Fn(&[f64; N]) -> bool,
     ) -> Result<ForestModel<N>, ForestError> {
         if !(opts.target_fpr > 0.0 && opts.target_fpr <= 0.5) {
@@ -521,10 +531,12 @@ impl<const N: usize> ForestModel<N> {
                 .filter(|(_, v)| !left_out(v))
                 .collect();
             let bounds = Bounds::of(&train);
-            let capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share, established)
+            let mut capped: Vec<[f64; N]> = cap_clients(&train, opts.max_client_share, established)
                 .iter()
                 .map(quantize)
                 .collect();
+            let floors = Floors::of(&capped, floored);
+            capped.iter_mut().for_each(|v| floors.apply(v));
             if capped.len() < need / 2 || hold.is_empty() {
                 return Err(ForestError::TooFew {
                     got: capped.len() + hold.len(),
@@ -549,7 +561,7 @@ impl<const N: usize> ForestModel<N> {
             let mut scores: Vec<f64> = cap_clients(&hold, opts.max_client_share / 4.0, &none)
                 .iter()
                 .map(|v| {
-                    let q = quantize(v);
+                    let q = floors.prepare(v);
                     compiled.score(&q) + bounds.excess(&q)
                 })
                 .collect();
@@ -560,6 +572,7 @@ impl<const N: usize> ForestModel<N> {
             Ok(Round {
                 compiled,
                 bounds,
+                floors,
                 threshold,
                 center,
                 trained_on: capped.len(),
@@ -582,7 +595,7 @@ impl<const N: usize> ForestModel<N> {
             for (c, v) in data.iter().filter(|(c, _)| !suspects.contains(c)) {
                 let e = per.entry(*c).or_default();
                 e.0 += 1;
-                e.1 += result.flags(&quantize(v)) as u32;
+                e.1 += result.flags(v) as u32;
             }
             let found: Vec<u64> = per
                 .into_iter()
@@ -617,12 +630,16 @@ impl<const N: usize> ForestModel<N> {
         let own = own_thresholds(
             data,
             established,
-            |q| result.compiled.score(q) + result.bounds.excess(q),
+            |v| {
+                let q = result.floors.prepare(v);
+                result.compiled.score(&q) + result.bounds.excess(&q)
+            },
             (result.threshold, result.center, opts.target_fpr),
         );
         Ok(ForestModel {
             compiled: result.compiled,
             bounds: result.bounds,
+            floors: result.floors,
             threshold: result.threshold,
             center: result.center,
             trained_on: result.trained_on,
@@ -650,7 +667,7 @@ impl<const N: usize> ForestModel<N> {
     }
 
     fn score_threshold(&self, v: &[f64; N], threshold: f64) -> Score {
-        let q = quantize(v);
+        let q = self.floors.prepare(v);
         let raw = self.compiled.score(&q) + self.bounds.excess(&q);
         Score {
             raw,
@@ -681,6 +698,7 @@ impl<const N: usize> ForestModel<N> {
 struct Round {
     compiled: Compiled,
     bounds: Bounds,
+    floors: Floors,
     threshold: f64,
     center: f64,
     trained_on: usize,
@@ -688,8 +706,9 @@ struct Round {
 }
 
 impl Round {
-    fn flags(&self, q: &[f64]) -> bool {
-        self.compiled.score(q) + self.bounds.excess(q) > self.threshold
+    fn flags<const N: usize>(&self, v: &[f64; N]) -> bool {
+        let q = self.floors.prepare(v);
+        self.compiled.score(&q) + self.bounds.excess(&q) > self.threshold
     }
 }
 
@@ -722,7 +741,7 @@ fn own_thresholds<const N: usize>(
     }
     let mut per: HashMap<u64, Vec<f64>> = HashMap::new();
     for (c, v) in data.iter().filter(|(c, _)| established.contains(c)) {
-        per.entry(*c).or_default().push(raw(&quantize(v)));
+        per.entry(*c).or_default().push(raw(v));
     }
     let ceiling = threshold + OWN_MAX_RAISE * (threshold - center).max(0.0);
     let mut own: Vec<(usize, u64, f64)> = per
@@ -869,6 +888,72 @@ impl Bounds {
     }
 }
 
+/// Quantile of a feature's training values (each client's share capped) below which its value
+/// is raised to that quantile, for the features whose low end is ordinary: the lowest values
+/// of such a feature then form a dense group of a fiftieth of training, which the forest does
+/// not isolate, rather than a thin edge it does.
+const FLOOR_QUANTILE: f64 = 0.02;
+
+/// Per feature, the value below which it is raised before the forest sees it (`-inf`: none).
+/// An isolation forest isolates the low end of a feature as readily as the high end, and for
+/// most of vigil's features (`features::PRE_FLOORED`) the low end is ordinary.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Floors(Vec<f64>);
+
+impl Floors {
+    /// From training vectors (snapped to the grid).
+    fn of<const N: usize>(train: &[[f64; N]], floored: &[bool; N]) -> Floors {
+        let mut column = Vec::with_capacity(train.len());
+        let floors = (0..N)
+            .map(|i| {
+                if !floored[i] || train.is_empty() {
+                    return f64::NEG_INFINITY;
+                }
+                column.clear();
+                column.extend(train.iter().map(|v| v[i]));
+                column.sort_by(f64::total_cmp);
+                column[((column.len() - 1) as f64 * FLOOR_QUANTILE).round() as usize]
+            })
+            .collect();
+        Floors(floors)
+    }
+
+    fn apply<const N: usize>(&self, v: &mut [f64; N]) {
+        for (x, f) in v.iter_mut().zip(&self.0) {
+            *x = x.max(*f);
+        }
+    }
+
+    /// What the forest scores: `v` snapped to the grid and floored.
+    fn prepare<const N: usize>(&self, v: &[f64; N]) -> [f64; N] {
+        let mut q = quantize(v);
+        self.apply(&mut q);
+        q
+    }
+
+    fn to_stored(&self) -> Vec<Option<f64>> {
+        self.0.iter().map(|f| f.is_finite().then_some(*f)).collect()
+    }
+
+    fn from_stored(stored: &[Option<f64>], n: usize) -> Result<Floors, String> {
+        if !(stored.is_empty() || stored.len() == n) {
+            return Err(format!(
+                "feature floors for {} features, expected {n}",
+                stored.len()
+            ));
+        }
+        stored
+            .iter()
+            .map(|f| match f {
+                None => Ok(f64::NEG_INFINITY),
+                Some(x) if x.is_finite() => Ok(*x),
+                Some(x) => Err(format!("feature floor {x} is not finite")),
+            })
+            .collect::<Result<_, _>>()
+            .map(Floors)
+    }
+}
+
 fn quantize<const N: usize>(v: &[f64; N]) -> [f64; N] {
     let mut q = [0.0; N];
     for (q, x) in q.iter_mut().zip(v) {
@@ -953,6 +1038,9 @@ fn cap_clients<const N: usize>(
 mod tests {
     use super::*;
 
+    /// No floors: these tests are about the forest itself.
+    const NONE: [bool; 3] = [false; 3];
+
     /// Deterministic pseudo-random numbers for test data.
     fn lcg(seed: &mut u64) -> f64 {
         *seed = seed
@@ -988,7 +1076,7 @@ mod tests {
             target_fpr,
             ..TrainOptions::default()
         };
-        ForestModel::train(data, &opts, &HashSet::new()).unwrap()
+        ForestModel::train(data, &opts, &HashSet::new(), &NONE).unwrap()
     }
 
     #[test]
@@ -1055,10 +1143,10 @@ mod tests {
             data.push((10_000 + i / 2, wave(&mut s)));
         }
         let opts = TrainOptions::default();
-        let learned = ForestModel::train(&data, &opts, &HashSet::new()).unwrap();
+        let learned = ForestModel::train(&data, &opts, &HashSet::new(), &NONE).unwrap();
         let in_wave = |v: &[f64; 3]| v[2] > 6.5;
         let left_out =
-            ForestModel::train_leaving_out(&data, &opts, &HashSet::new(), in_wave).unwrap();
+            ForestModel::train_leaving_out(&data, &opts, &HashSet::new(), &NONE, in_wave).unwrap();
         let caught =
             |m: &ForestModel<3>, s: &mut u64| (0..100).filter(|_| m.score(&wave(s)).vote).count();
         let (a, b) = (caught(&learned, &mut s), caught(&left_out, &mut s));
@@ -1092,8 +1180,8 @@ mod tests {
             max_client_share: 0.02,
             ..TrainOptions::default()
         };
-        let foreign = ForestModel::train(&data, &opts, &HashSet::new()).unwrap();
-        let known = ForestModel::train(&data, &opts, &HashSet::from([777])).unwrap();
+        let foreign = ForestModel::train(&data, &opts, &HashSet::new(), &NONE).unwrap();
+        let known = ForestModel::train(&data, &opts, &HashSet::from([777]), &NONE).unwrap();
         assert_eq!(foreign.set_aside, 1, "the odd client is set aside");
         assert_eq!(known.set_aside, 0);
         assert!(foreign.score(&odd).vote, "{:?}", foreign.score(&odd));
@@ -1113,7 +1201,7 @@ mod tests {
                 seed,
                 ..TrainOptions::default()
             };
-            ForestModel::train(&data, &opts, &HashSet::new()).unwrap()
+            ForestModel::train(&data, &opts, &HashSet::new(), &NONE).unwrap()
         };
         let (a, b, c) = (train(1), train(1), train(2));
         let probe = [0.7, 1.9, 5.1];
@@ -1131,7 +1219,8 @@ mod tests {
         // normal_data's third feature lies in [5, 6]; one client once sent 60.
         let mut data = normal_data(5000);
         data.push((4242, [0.5, 1.0, 60.0]));
-        let m = ForestModel::train(&data, &TrainOptions::default(), &HashSet::new()).unwrap();
+        let m =
+            ForestModel::train(&data, &TrainOptions::default(), &HashSet::new(), &NONE).unwrap();
         let at = |x: f64| m.score(&[0.5, 1.0, x]).raw;
         assert!(
             at(5.9) < at(6.5) && at(6.5) < at(8.0),
@@ -1166,13 +1255,18 @@ mod tests {
     #[test]
     fn refuses_bad_input() {
         assert!(matches!(
-            ForestModel::<3>::train(&normal_data(10), &TrainOptions::default(), &HashSet::new()),
+            ForestModel::<3>::train(
+                &normal_data(10),
+                &TrainOptions::default(),
+                &HashSet::new(),
+                &NONE
+            ),
             Err(ForestError::TooFew { .. })
         ));
         let mut d = normal_data(100);
         d[5].1[1] = f64::NAN;
         assert!(matches!(
-            ForestModel::train(&d, &TrainOptions::default(), &HashSet::new()),
+            ForestModel::train(&d, &TrainOptions::default(), &HashSet::new(), &NONE),
             Err(ForestError::NonFinite { index: 5 })
         ));
         assert!(matches!(
@@ -1183,6 +1277,7 @@ mod tests {
                     ..TrainOptions::default()
                 },
                 &HashSet::new(),
+                &NONE,
             ),
             Err(ForestError::BadTarget(_))
         ));
@@ -1226,9 +1321,53 @@ mod tests {
     }
 
     #[test]
+    fn the_low_end_of_a_floored_feature_is_ordinary() {
+        // The third feature lies in [5, 6]; a tenth of a percent of requests have 0 there
+        // (a response with no body, among pages).
+        let mut data = visitors(6000);
+        for (i, (_, v)) in data.iter_mut().enumerate() {
+            if i % 1000 == 0 {
+                v[2] = 0.0;
+            }
+        }
+        let two_sided = train_at(&data, 0.01);
+        let floored = ForestModel::train(
+            &data,
+            &TrainOptions {
+                target_fpr: 0.01,
+                ..TrainOptions::default()
+            },
+            &HashSet::new(),
+            &[false, false, true],
+        )
+        .unwrap();
+        let empty = [0.5, 1.0, 0.0];
+        assert!(two_sided.score(&empty).vote, "isolated at the low end");
+        assert!(!floored.score(&empty).vote, "{:?}", floored.score(&empty));
+        assert!(
+            floored.score(&empty).raw == floored.score(&[0.5, 1.0, floored.floors.0[2]]).raw,
+            "below the floor, as at it"
+        );
+        assert!(
+            floored.score(&[0.5, 1.0, 8.0]).vote,
+            "the high end still counts"
+        );
+        // The first two features are not floored: their low end still counts.
+        assert!(floored.score(&[-2.0, 1.0, 5.5]).vote);
+        let back: ForestModel<3> =
+            serde_json::from_value(serde_json::to_value(&floored).unwrap()).unwrap();
+        assert_eq!(back.score(&empty), floored.score(&empty));
+        let mut v = serde_json::to_value(&floored).unwrap();
+        v["floors"] = serde_json::json!([null, 1.0]);
+        let err = serde_json::from_value::<ForestModel<3>>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("floors for 2 features"), "{err}");
+    }
+
+    #[test]
     fn a_damaged_forest_file_is_refused_not_followed() {
-        let m = ForestModel::train(&normal_data(500), &TrainOptions::default(), &HashSet::new())
-            .unwrap();
+        let m = train_at(&normal_data(500), TrainOptions::default().target_fpr);
         let mut v: serde_json::Value = serde_json::to_value(&m).unwrap();
         v["forest"]["nodes"][0] = serde_json::json!([0, 2, 0, 0]);
         let err = serde_json::from_value::<ForestModel<3>>(v)
@@ -1255,7 +1394,7 @@ mod tests {
             data.push((777, v));
         }
         let opts = TrainOptions::default();
-        let m = ForestModel::train(&data, &opts, &HashSet::from([777])).unwrap();
+        let m = ForestModel::train(&data, &opts, &HashSet::from([777]), &NONE).unwrap();
         assert!(
             m.score(&onset).vote,
             "odd for the site: {:?}",
@@ -1269,7 +1408,7 @@ mod tests {
         assert!(m.score_for(778, &onset).vote);
         assert!(m.score_for(777, &[8.0, -5.0, 40.0]).vote);
         // Not established: no threshold of its own.
-        let stranger = ForestModel::train(&data, &opts, &HashSet::new()).unwrap();
+        let stranger = ForestModel::train(&data, &opts, &HashSet::new(), &NONE).unwrap();
         assert_eq!(stranger.clients_with_own_threshold(), 0);
         // Kept in the model file.
         let back: ForestModel<3> =
@@ -1284,8 +1423,7 @@ mod tests {
 
     #[test]
     fn serialises_losslessly() {
-        let m = ForestModel::train(&normal_data(500), &TrainOptions::default(), &HashSet::new())
-            .unwrap();
+        let m = train_at(&normal_data(500), TrainOptions::default().target_fpr);
         let json = serde_json::to_string(&m).unwrap();
         let back: ForestModel<3> = serde_json::from_str(&json).unwrap();
         let v = [0.3, 1.2, 5.1];

@@ -12,7 +12,9 @@ use crate::config::Inspection;
 use crate::detectors::forest::{ForestError, ForestModel, TrainOptions};
 use crate::detectors::rules::RuleSet;
 use crate::eval::request_from_record;
-use crate::features::{in_failure_wave, PostVector, PreVector, FEATURES_VERSION};
+use crate::features::{
+    in_failure_wave, PostVector, PreVector, FEATURES_VERSION, POST_FLOORED, PRE_FLOORED,
+};
 use crate::models::learned::{canary_outputs, Canary, CANARIES};
 pub use crate::models::learned::{Learned, TrainingSummary};
 
@@ -351,8 +353,8 @@ pub fn train(
     progress("sessions", clean.len(), clean.len());
     progress("forest", 0, 2);
     let established = established.into_set();
-    let pre_model =
-        ForestModel::train(&pre, &cfg.forest, &established).map_err(LearnError::PreForest)?;
+    let pre_model = ForestModel::train(&pre, &cfg.forest, &established, &PRE_FLOORED)
+        .map_err(LearnError::PreForest)?;
     progress("forest", 1, 2);
     // Waves of authentication failures are left out of the post forest's training sample
     // (see `in_failure_wave`). Measured on four simulated sites, credential stuffing's request
@@ -362,9 +364,14 @@ pub fn train(
     // routes, and with the surges left out one such integration was flagged ever after (false
     // positives on one site 0.36% to 1.4%).
     let failure_wave = post.iter().filter(|(_, q)| in_failure_wave(q)).count();
-    let post_model =
-        ForestModel::train_leaving_out(&post, &cfg.forest, &established, in_failure_wave)
-            .map_err(LearnError::PostForest)?;
+    let post_model = ForestModel::train_leaving_out(
+        &post,
+        &cfg.forest,
+        &established,
+        &POST_FLOORED,
+        in_failure_wave,
+    )
+    .map_err(LearnError::PostForest)?;
     progress("forest", 2, 2);
     let summary = TrainingSummary {
         records: records.len(),

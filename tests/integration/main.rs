@@ -8,6 +8,7 @@ mod harness;
 mod config_errors;
 mod inspection;
 mod logs;
+mod offline;
 mod policy;
 mod proxying;
 mod reload;
