@@ -577,6 +577,17 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
+/// A request id unique within this test run.
+pub fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Train a real model set with the `vigil train` binary on a committed log sample.
 pub fn train_models(out: &Path, log: &Path) {
     let o = Command::new(env!("CARGO_BIN_EXE_vigil"))

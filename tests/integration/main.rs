@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod clients;
 mod config_errors;
 mod inspection;
 mod logs;

@@ -6,7 +6,7 @@
 //! anomaly to a model that knows the site). Clients are told apart by `X-Forwarded-For` from a
 //! trusted loopback proxy.
 
-use crate::harness::{send, Setup, Upstream, Vigil};
+use crate::harness::{request_id, send, Setup, Upstream, Vigil};
 
 const APP_UA: &str = "ShopApp/5.3.1 (Android 14; Pixel 7) okhttp/4.12.0";
 const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/129.0.0.0 Safari/537.36";
@@ -27,7 +27,7 @@ fn req(
     ua: &str,
     status: u16,
 ) -> (u16, serde_json::Value) {
-    let id = format!("s-{}", rand_id());
+    let id = format!("s-{}", request_id());
     let size = typical_size(method, target, status);
     let body = if method == "POST" || method == "PUT" {
         "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\na=1&b=2"
@@ -72,16 +72,6 @@ fn typical_size(method: &str, target: &str, status: u16) -> usize {
         _ if path == "/login" => 8_950,
         _ => 20_000,
     }
-}
-
-fn rand_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn flagged(d: &serde_json::Value) -> bool {
