@@ -64,8 +64,8 @@ pub enum Command {
         #[arg(long, default_value_t = 0.005)]
         target_fpr: f64,
         /// Templates kept (most frequent first); rarer routes, paths fewer than two clients
-        /// asked for (unless one asked at least 50 times), and paths mostly answered 404
-        /// become the unknown template.
+        /// asked for (unless one asked at least 5 times, mostly answered 2xx/3xx), and paths
+        /// mostly answered 404 become the unknown template.
         #[arg(long, default_value_t = 2000)]
         max_templates: usize,
         /// Skip the transformer (templates and forests only).
