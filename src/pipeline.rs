@@ -193,7 +193,7 @@ pub fn respond(
     response: &ResponseFacts,
     now: f64,
 ) -> PostVector {
-    c.observe_response(now, response.status, response.bytes);
+    c.observe_response(now, response.status, features::delivered_bytes(response));
     features::post(pre, response, c, now)
 }
 
