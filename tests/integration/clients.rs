@@ -8,13 +8,6 @@ const ERP: &str = "198.51.100.50";
 const STRANGER: &str = "203.0.113.80";
 const ERP_UA: &str = "erp-sync/2.1";
 
-/// `session::key_hash`: FNV-1a, 64 bits, as the forest files name clients.
-fn key_hash(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// The committed sample log plus an ERP that pushes 10 stock updates, one a second, every
 /// half hour of a day (480 requests: established, and unlike anyone else in the log).
 fn training_log() -> String {
@@ -61,7 +54,7 @@ fn thresholds(file: &std::path::Path) -> (f64, f64) {
     let f: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(file).expect("forest file")).expect("json");
     let site = f["threshold"].as_f64().expect("threshold");
-    let own = f["own"][key_hash(ERP).to_string()]
+    let own = f["own"][vigil::session::key_hash(ERP).to_string()]
         .as_f64()
         .unwrap_or_else(|| {
             panic!(
