@@ -258,6 +258,28 @@ impl SequenceModel {
         session_start: bool,
         current: u32,
     ) -> Result<f32, TransformerError> {
+        self.next_logits(context, session_start, |row| {
+            nll_of(row, self.token(current) as usize)
+        })
+    }
+
+    /// The NLL of every template as a client's first request (index = template id; the last
+    /// entry is UNK, for ids beyond the model's vocabulary): one run, from BOS alone.
+    pub fn fresh_session_nlls(&self) -> Result<Vec<f32>, TransformerError> {
+        self.next_logits(&[], true, |row| {
+            (0..=self.n_templates() as u32)
+                .map(|t| nll_of(row, self.token(t) as usize))
+                .collect()
+        })
+    }
+
+    /// Runs the model on `context` and hands `f` the logits that predict the next template.
+    fn next_logits<R>(
+        &self,
+        context: &[u32],
+        session_start: bool,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, TransformerError> {
         let w = self.window;
         let mut ids = vec![PAD; w];
         let pos = self.encode(context, session_start, &mut ids);
@@ -280,7 +302,7 @@ impl SequenceModel {
         let row = logits
             .get(row * v..(row + 1) * v)
             .ok_or_else(|| self.inference_err("the output is smaller than its declared shape"))?;
-        Ok(nll_of(row, self.token(current) as usize))
+        Ok(f(row))
     }
 
     /// `nll` for many `(context, session_start, current)` items; same results, fewer runs.
@@ -446,6 +468,11 @@ pub struct NllCalibration {
     pub threshold: f64,
     pub target_fpr: f64,
     pub calibrated_on: usize,
+    /// Templates whose NLL as a client's first request is below this open sessions, and
+    /// their NLL is floored there (`FreshStart`). Absent in model sets trained before the
+    /// floor, which keep scoring the plain NLL they were calibrated on.
+    #[serde(default)]
+    pub opener_below: Option<f64>,
 }
 
 impl NllCalibration {
@@ -482,6 +509,7 @@ impl NllCalibration {
             threshold,
             target_fpr,
             calibrated_on: nlls.len(),
+            opener_below: None,
         })
     }
 
@@ -493,13 +521,54 @@ impl NllCalibration {
     }
 
     pub fn valid(&self) -> bool {
-        self.center.is_finite() && self.threshold.is_finite() && self.center <= self.threshold
+        self.center.is_finite()
+            && self.threshold.is_finite()
+            && self.center <= self.threshold
+            && self.opener_below.is_none_or(f64::is_finite)
     }
 }
 
 /// Most of the calibration tail (the requests above the threshold) one held-out client may
 /// make: a tenth.
 const TAIL_CLIENT_SHARE: f64 = 0.1;
+
+/// A page that opens sessions is never out of order: anyone can type its URL, follow a
+/// bookmark or a search result, or open it in a new tab. So a template whose NLL as a client's
+/// first request is ordinary (below `cut`, the threshold calibrated without this floor) scores
+/// the smaller of its NLL after the client's context and as a first request. Other templates
+/// (paying, an admin page, a refund: whatever is itself surprising as a first request) keep
+/// their NLL after the context, so a payment after a product page stays more surprising than
+/// a payment out of nowhere. Without the floor most of the transformer's false positives were
+/// landing pages (`GET /`, a product list, an ad's landing page) requested mid-session, above
+/// all by the people behind one NAT address, whose interleaved sequences make any page look
+/// out of place (measured in README.md, Detection quality).
+#[derive(Debug, Clone)]
+pub struct FreshStart {
+    /// NLL of each template id as a first request; the last entry is UNK's.
+    fresh: Vec<f32>,
+    cut: f64,
+}
+
+impl FreshStart {
+    pub fn of(model: &SequenceModel, cut: f64) -> Result<FreshStart, TransformerError> {
+        Ok(FreshStart {
+            fresh: model.fresh_session_nlls()?,
+            cut,
+        })
+    }
+
+    /// Does template `current` (ids beyond the model's vocabulary are UNK) open sessions?
+    pub fn opener(&self, current: u32) -> Option<f32> {
+        let last = self.fresh.len().saturating_sub(1);
+        let fresh = *self.fresh.get((current as usize).min(last))?;
+        (f64::from(fresh) < self.cut).then_some(fresh)
+    }
+
+    /// The NLL scored for template `current`, given `nll`, its NLL after the client's context.
+    pub fn apply(&self, current: u32, nll: f32) -> f32 {
+        self.opener(current).map_or(nll, |fresh| nll.min(fresh))
+    }
+}
 
 /// The transformer's verdict on one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -523,6 +592,8 @@ const CACHE_SHARDS: usize = 64;
 pub struct Transformer {
     pub model: SequenceModel,
     pub calibration: NllCalibration,
+    /// Set when the calibration was made with the floor.
+    fresh: Option<FreshStart>,
     cache: crate::memo::Memo<(u64, f32)>,
     /// Scores answered from the cache, and by running the model.
     hits: std::sync::atomic::AtomicU64,
@@ -539,14 +610,24 @@ impl std::fmt::Debug for Transformer {
 }
 
 impl Transformer {
-    pub fn new(model: SequenceModel, calibration: NllCalibration) -> Transformer {
-        Transformer {
+    /// Fails only if the model cannot run (to compute the first-request NLLs the calibration
+    /// asks for).
+    pub fn new(
+        model: SequenceModel,
+        calibration: NllCalibration,
+    ) -> Result<Transformer, TransformerError> {
+        let fresh = match calibration.opener_below {
+            Some(cut) => Some(FreshStart::of(&model, cut)?),
+            None => None,
+        };
+        Ok(Transformer {
             model,
             calibration,
+            fresh,
             cache: crate::memo::Memo::new(CACHE_SHARDS, CACHE_SLOTS / CACHE_SHARDS),
             hits: Default::default(),
             misses: Default::default(),
-        }
+        })
     }
 
     /// Requests scored from the cache and by running the model, since load.
@@ -611,7 +692,10 @@ impl Transformer {
                 n
             }
         };
-        let nll = nll as f64;
+        let nll = match &self.fresh {
+            Some(f) => f.apply(current.0, nll),
+            None => nll,
+        } as f64;
         Some(TransformerScore {
             nll,
             score: self.calibration.score(nll),

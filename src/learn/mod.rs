@@ -24,7 +24,7 @@ pub struct Trained {
     pub learned: Learned,
     pub canaries: Vec<Canary>,
 }
-use crate::detectors::transformer::Transformer;
+use crate::detectors::transformer::{FreshStart, Transformer};
 use crate::pipeline;
 use crate::record::Record;
 use crate::session::{key_hash, Decayed, SessionConfig, Sessions, TAU_SHORT};
@@ -479,20 +479,32 @@ fn train_transformer(
     progress("calibrate", 0, 1);
     let nlls = model.nll_batch(&items)?;
     progress("calibrate", 1, 1);
-    let calibration = NllCalibration::from_client_nlls(
-        owners
-            .into_iter()
-            .zip(nlls.into_iter().map(f64::from))
-            .collect(),
-        cfg.forest.target_fpr,
-    )
-    .ok_or_else(|| {
+    let not_enough = || {
         transformer::LmTrainError::NotEnoughData(format!(
             "{} held-out requests to calibrate on; need at least 50",
             items.len()
         ))
-    })?;
-    Ok((Transformer::new(model, calibration), onnx))
+    };
+    let calibrate = |nlls: Vec<f64>| {
+        NllCalibration::from_client_nlls(
+            owners.iter().copied().zip(nlls).collect(),
+            cfg.forest.target_fpr,
+        )
+        .ok_or_else(not_enough)
+    };
+    // The plain threshold says which templates are ordinary first requests (`FreshStart`);
+    // the served calibration is made on the floored NLLs.
+    let plain = calibrate(nlls.iter().map(|&n| f64::from(n)).collect())?;
+    let fresh = FreshStart::of(&model, plain.threshold)?;
+    let mut calibration = calibrate(
+        items
+            .iter()
+            .zip(&nlls)
+            .map(|((_, _, t), &n)| f64::from(fresh.apply(*t, n)))
+            .collect(),
+    )?;
+    calibration.opener_below = Some(plain.threshold);
+    Ok((Transformer::new(model, calibration)?, onnx))
 }
 
 #[cfg(test)]

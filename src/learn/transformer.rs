@@ -1451,4 +1451,79 @@ mod tests {
             assert!((b - one).abs() < 1e-4, "{b} vs {one}");
         }
     }
+
+    #[test]
+    fn a_page_that_opens_sessions_is_never_out_of_order() {
+        use crate::detectors::transformer::{FreshStart, NllCalibration, Transformer};
+        use crate::template::TemplateId;
+        let t = trained();
+        let load = || SequenceModel::load(&t.onnx, Path::new("test.onnx")).unwrap();
+        let m = load();
+        let fresh = m.fresh_session_nlls().unwrap();
+        assert_eq!(fresh.len(), N_TEMPLATES + 1);
+        for id in [HOME, PAY, RARE, 19] {
+            let one = m.nll(&[], true, id).unwrap();
+            assert!((fresh[id as usize] - one).abs() < 1e-4, "{id}: {one}");
+        }
+        // Sessions open with HOME, SEARCH or FEED, never with PAY.
+        assert!(fresh[HOME as usize] < 2.0, "{fresh:?}");
+        assert!(fresh[PAY as usize] > 4.0, "{fresh:?}");
+
+        let floor = FreshStart::of(&m, 3.0).unwrap();
+        assert!(floor.opener(HOME).is_some() && floor.opener(PAY).is_none());
+        // HOME where PAY was due: surprising after the context, ordinary as a new visit.
+        let home_mid = m
+            .nll(&[HOME, BROWSE, PRODUCT, CART, CHECKOUT], true, HOME)
+            .unwrap();
+        assert!(
+            home_mid > fresh[HOME as usize] + 1.0,
+            "{home_mid} vs {fresh:?}"
+        );
+        assert_eq!(floor.apply(HOME, home_mid), fresh[HOME as usize]);
+        // PAY after browsing keeps its NLL after the context, even where that is above its
+        // NLL as a first request: paying is not how sessions start.
+        let pay = m.nll(&[HOME, BROWSE], true, PAY).unwrap();
+        assert_eq!(floor.apply(PAY, pay), pay);
+        assert_eq!(floor.apply(PAY, 100.0), 100.0);
+        // Ids beyond the vocabulary are UNK; a cut at 0 floors nothing.
+        assert_eq!(floor.opener(10_000).is_some(), fresh[N_TEMPLATES] < 3.0);
+        assert_eq!(
+            FreshStart::of(&m, 0.0).unwrap().apply(HOME, home_mid),
+            home_mid
+        );
+
+        // The serving detector floors only when its calibration was made with the floor.
+        let calibration = NllCalibration {
+            center: 0.5,
+            threshold: 4.0,
+            target_fpr: 0.005,
+            calibrated_on: 1000,
+            opener_below: Some(3.0),
+        };
+        let ctx: Vec<TemplateId> = [HOME, BROWSE, PRODUCT, CART, CHECKOUT]
+            .map(TemplateId)
+            .to_vec();
+        let floored = Transformer::new(load(), calibration).unwrap();
+        let plain = Transformer::new(
+            load(),
+            NllCalibration {
+                opener_below: None,
+                ..calibration
+            },
+        )
+        .unwrap();
+        let f = floored.score(&ctx, true, TemplateId(HOME)).unwrap();
+        let p = plain.score(&ctx, true, TemplateId(HOME)).unwrap();
+        assert!(
+            (f.nll - f64::from(fresh[HOME as usize])).abs() < 1e-6,
+            "{f:?}"
+        );
+        assert!((p.nll - f64::from(home_mid)).abs() < 1e-6, "{p:?}");
+        assert!(f.score < p.score);
+        assert!(!NllCalibration {
+            opener_below: Some(f64::NAN),
+            ..calibration
+        }
+        .valid());
+    }
 }

@@ -374,7 +374,9 @@ pub fn load(dir: &Path) -> Result<(Learned, Manifest), LearnedError> {
                 ),
             ));
         }
-        learned.transformer = Some(Transformer::new(model, meta.calibration));
+        learned.transformer = Some(
+            Transformer::new(model, meta.calibration).map_err(|e| file_err(&dir.join(ONNX), e))?,
+        );
         learned.transformer_onnx = Some(onnx);
     }
     self_check(&learned, &manifest, &mpath)?;
