@@ -1,4 +1,7 @@
 //! The `vigil` binary: logging set-up and the command line (see `cli`).
+// A panic on a request or reload path would take the proxy down: outside tests, errors are
+// handled, never unwrapped (enforced by the CI's clippy run).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use clap::Parser;
 
