@@ -1,5 +1,6 @@
 //! Serves vigil's sequence model: the negative log-likelihood of a client's current request
-//! template given its previous ones, from an ONNX causal LM run by tract.
+//! template given its previous ones (floored for pages that open sessions: `FreshStart`),
+//! from an ONNX causal LM run by tract.
 //!
 //! Sits in `detectors/`, on the request path: after `load` (done off the request path, in a
 //! model-set reload) every call is pure CPU work on the caller's thread: no I/O, no locks, no
