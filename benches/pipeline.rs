@@ -245,14 +245,16 @@ fn session_memory(_: &mut Criterion) {
         let key = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
         sessions.with(&key, 1.0, |c| {
             for k in 0..cfg.window as u32 {
-                c.observe_request(1.0 + k as f64, TemplateId(k), cfg.window);
+                let now = 1.0 + k as f64;
+                c.continue_sequence(now, 7, TemplateId(k), cfg.window, cfg.idle_ttl);
+                c.observe_request(now, TemplateId(k), cfg.window);
                 c.observe_response(1.0 + k as f64, 200, 1000);
             }
         });
     }
     let after = rss();
     println!(
-        "session memory: {} clients with full {}-template windows: {:.1} MB resident, {} bytes per client",
+        "session memory: {} clients (one user agent each) with full {}-template windows: {:.1} MB resident, {} bytes per client",
         sessions.len(),
         cfg.window,
         (after - before) as f64 / 1e6,

@@ -9,8 +9,10 @@ use chrono::{DateTime, FixedOffset, Timelike};
 use crate::session::{ClientState, TAU_LONG, TAU_MEDIUM, TAU_SHORT};
 use crate::template::{status_bucket, RouteStats, TemplateId};
 
-/// Bumped whenever the layout below changes.
-pub const FEATURES_VERSION: u32 = 5;
+/// Bumped whenever the layout below changes, or what the models read from a client's state:
+/// since 6 the transformer's context is per client and user agent (`session::Sequence`), and
+/// a set trained on per-client sequences would be asked about other ones.
+pub const FEATURES_VERSION: u32 = 6;
 
 /// Pre-upstream features (index: meaning):
 ///  0 hour of day, sine      1 hour of day, cosine (the request's local time)

@@ -24,7 +24,7 @@ use crate::models::ModelSet;
 use crate::policy::{Action, Decision};
 use crate::record::Record;
 use crate::request::HttpRequest;
-use crate::session::{agent_hash, ClientState, SessionKey, Sessions, Site};
+use crate::session::{agent_hash, ClientState, SessionConfig, SessionKey, Sessions, Site};
 use crate::template::{RouteStats, TemplateId, Vocabulary};
 
 /// What the pipeline needs to know about a request.
@@ -168,15 +168,16 @@ pub fn arrive(
     facts: &RequestFacts<'_>,
     vocabulary: u64,
     now: f64,
-    window: usize,
+    config: &SessionConfig,
     agent: u32,
 ) -> Arrival {
+    let window = config.window;
     c.use_vocabulary(vocabulary);
     let escalated = c.escalated(now, agent);
-    let context = c.recent.clone();
     let known = c.requests > 0;
     let features = features::pre(facts, known.then_some(&*c), window);
-    let whole_history = c.requests as usize == context.len();
+    let (context, whole_history) =
+        c.continue_sequence(now, agent, facts.template, window, config.idle_ttl);
     c.observe_request(now, facts.template, window);
     Arrival {
         escalated,
@@ -208,7 +209,6 @@ pub fn replay(
 ) -> (TemplateId, Arrival, PostVector) {
     let (method, target, _) = r.request_parts();
     let now = seconds(&r.time);
-    let window = sessions.config().window;
     let site = sessions.site();
     let facts = request_facts(Some(vocabulary), site, r.time, &method, target.as_bytes());
     let agent = agent_hash(r.user_agent.as_deref());
@@ -223,7 +223,7 @@ pub fn replay(
         r.bytes,
     );
     let (arrival, post) = sessions.with(key, now, |c| {
-        let a = arrive(c, &facts, vocabulary.1, now, window, agent);
+        let a = arrive(c, &facts, vocabulary.1, now, sessions.config(), agent);
         let post = respond(c, &a.features, &response, now);
         (a, post)
     });
@@ -257,7 +257,6 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     let learned = models.learned.as_deref();
     let key = session_key(sessions, input);
     let client = crate::session::key_hash(&key);
-    let window = sessions.config().window;
     let vocabulary = learned.map(|l| (&l.vocabulary, l.vocabulary_tag));
     let facts = request_facts(
         vocabulary,
@@ -269,7 +268,9 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     let template = facts.template;
     let tag = learned.map_or(0, |l| l.vocabulary_tag);
     let agent = agent_hash(input.request.header("user-agent"));
-    let arrival = sessions.with(&key, now, |c| arrive(c, &facts, tag, now, window, agent));
+    let arrival = sessions.with(&key, now, |c| {
+        arrive(c, &facts, tag, now, sessions.config(), agent)
+    });
     let escalated = arrival.escalated;
 
     let mut transformer = None;

@@ -132,6 +132,24 @@ impl Default for Strikes {
     }
 }
 
+/// User agents of one client whose template sequences are kept apart (`ClientState::sequences`).
+/// Beyond this many, the least recently seen agent's sequence starts again.
+pub const SEQUENCE_AGENTS: usize = 8;
+
+/// One user agent's templates from a client: what the transformer reads as context. The
+/// people behind one NAT address interleave their requests, and in the address's merged
+/// sequence any page looks out of order; one person's browser keeps one user agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    /// `agent_hash` of the user agent.
+    pub agent: u32,
+    /// Most recent last; at most `window` entries.
+    pub recent: Vec<TemplateId>,
+    /// Requests since the sequence began (more than `recent.len()` once the window is full).
+    pub requests: u64,
+    pub last: f64,
+}
+
 /// Templates whose 10 s counts a client keeps (`ClientState::bursts`). A new template takes the
 /// slot with the smallest count, so the busiest routes stay; an untracked template counts 0.
 pub const BURST_SLOTS: usize = 4;
@@ -169,8 +187,13 @@ pub struct ClientState {
     /// Until when (seconds, request clock) every request of the client gets the escalated
     /// action, whatever its user agent.
     pub escalated_until: f64,
-    /// The vocabulary `recent` holds ids of: after a model swap to another vocabulary the old
-    /// ids mean other routes, so the window restarts (the counters stay valid).
+    /// Templates per user agent (at most `SEQUENCE_AGENTS`), for the transformer; `recent`
+    /// and the counters stay per client, so a scanner that rotates its user agent still
+    /// fills one window.
+    pub sequences: Vec<Sequence>,
+    /// The vocabulary `recent` and `sequences` hold ids of: after a model swap to another
+    /// vocabulary the old ids mean other routes, so the windows restart (the counters stay
+    /// valid).
     pub vocabulary: u64,
 }
 
@@ -194,6 +217,7 @@ impl ClientState {
             gap_var: 0.0,
             strikes: [Strikes::default(); STRIKE_AGENTS],
             escalated_until: f64::NEG_INFINITY,
+            sequences: Vec::new(),
             vocabulary: 0,
         }
     }
@@ -202,6 +226,7 @@ impl ClientState {
     pub fn use_vocabulary(&mut self, vocabulary: u64) {
         if self.vocabulary != vocabulary {
             self.recent.clear();
+            self.sequences.clear();
             self.bursts = [(TemplateId::UNKNOWN, Decayed::default()); BURST_SLOTS];
             self.vocabulary = vocabulary;
         }
@@ -292,6 +317,57 @@ impl ClientState {
         self.recent.push(template);
     }
 
+    /// Append `template` to `agent`'s sequence and return the sequence before it, and whether
+    /// that is the sequence's whole history (it starts at the session's beginning). A sequence
+    /// idle longer than `idle_ttl` starts again, as a client idle that long is forgotten:
+    /// training splits sequences the same way (`learn::train`).
+    pub fn continue_sequence(
+        &mut self,
+        now: f64,
+        agent: u32,
+        template: TemplateId,
+        window: usize,
+        idle_ttl: f64,
+    ) -> (Vec<TemplateId>, bool) {
+        let i = match self.sequences.iter().position(|s| s.agent == agent) {
+            Some(i) => i,
+            None if self.sequences.len() < SEQUENCE_AGENTS => {
+                // Most clients have one agent: grow one at a time, not by the default four.
+                self.sequences.reserve_exact(1);
+                self.sequences.push(Sequence {
+                    agent,
+                    recent: Vec::new(),
+                    requests: 0,
+                    last: now,
+                });
+                self.sequences.len() - 1
+            }
+            None => {
+                let i = slot_for(&self.sequences, |_| false, |s| s.last);
+                self.sequences[i].agent = agent;
+                self.sequences[i].requests = 0;
+                i
+            }
+        };
+        let s = &mut self.sequences[i];
+        if s.requests == 0 || now - s.last > idle_ttl {
+            s.recent.clear();
+            s.requests = 0;
+        }
+        let context = s.recent.clone();
+        let whole = s.requests as usize == context.len();
+        if s.recent.capacity() < window {
+            s.recent.reserve_exact(window - s.recent.len());
+        }
+        if s.recent.len() == window {
+            s.recent.remove(0);
+        }
+        s.recent.push(template);
+        s.requests += 1;
+        s.last = s.last.max(now);
+        (context, whole)
+    }
+
     /// The client's requests of `template` in about the last 10 s (0 when it is not among the
     /// client's busiest recent templates).
     pub fn burst(&self, now: f64, template: TemplateId) -> f32 {
@@ -349,6 +425,12 @@ impl ClientState {
     pub fn size_bytes(&self) -> usize {
         std::mem::size_of::<ClientState>()
             + self.recent.capacity() * std::mem::size_of::<TemplateId>()
+            + self.sequences.capacity() * std::mem::size_of::<Sequence>()
+            + self
+                .sequences
+                .iter()
+                .map(|s| s.recent.capacity() * std::mem::size_of::<TemplateId>())
+                .sum::<usize>()
     }
 }
 
@@ -766,11 +848,57 @@ mod tests {
     fn bytes_per_client() {
         let mut c = ClientState::new(0.0);
         for i in 0..20 {
+            c.continue_sequence(i as f64, 7, TemplateId(i), 20, 1800.0);
             c.observe_request(i as f64, TemplateId(i), 20);
         }
-        // About 470 bytes of state per client with a window of 20 (a quarter of it the four
-        // route bursts, a quarter the strikes of four user agents), plus its key and the map
-        // entry.
-        assert!(c.size_bytes() <= 480, "{}", c.size_bytes());
+        // About 630 bytes of state per client of one user agent with a window of 20 (a fifth
+        // of it the four route bursts, a fifth the strikes of four user agents, a quarter the
+        // agent's own window), plus its key and the map entry.
+        assert!(c.size_bytes() <= 640, "{}", c.size_bytes());
+    }
+
+    #[test]
+    fn each_user_agent_has_its_own_sequence() {
+        let mut c = ClientState::new(0.0);
+        let (a, b) = (11, 22);
+        let t = TemplateId;
+        assert_eq!(c.continue_sequence(0.0, a, t(1), 3, 100.0), (vec![], true));
+        assert_eq!(c.continue_sequence(1.0, b, t(9), 3, 100.0), (vec![], true));
+        assert_eq!(
+            c.continue_sequence(2.0, a, t(2), 3, 100.0),
+            (vec![t(1)], true)
+        );
+        assert_eq!(
+            c.continue_sequence(3.0, b, t(8), 3, 100.0),
+            (vec![t(9)], true)
+        );
+        c.continue_sequence(4.0, a, t(3), 3, 100.0);
+        // The window is full: the context no longer starts at the session's beginning.
+        assert_eq!(
+            c.continue_sequence(5.0, a, t(4), 3, 100.0),
+            (vec![t(1), t(2), t(3)], true)
+        );
+        assert_eq!(
+            c.continue_sequence(6.0, a, t(5), 3, 100.0),
+            (vec![t(2), t(3), t(4)], false)
+        );
+        // Idle longer than the TTL: a new session.
+        assert_eq!(
+            c.continue_sequence(200.0, b, t(7), 3, 100.0),
+            (vec![], true)
+        );
+        // More agents than slots: the least recently seen one's sequence is given up.
+        for k in 0..SEQUENCE_AGENTS as u32 {
+            c.continue_sequence(300.0 + k as f64, 100 + k, t(1), 3, 1000.0);
+        }
+        assert_eq!(c.sequences.len(), SEQUENCE_AGENTS);
+        assert!(c.sequences.iter().all(|s| s.agent != a && s.agent != b));
+        assert_eq!(
+            c.continue_sequence(400.0, a, t(6), 3, 1000.0),
+            (vec![], true)
+        );
+        // A model swap to another vocabulary restarts every window.
+        c.use_vocabulary(5);
+        assert!(c.sequences.is_empty());
     }
 }

@@ -20,7 +20,7 @@ use crate::learn::{self, TrainConfig};
 use crate::models::ModelSet;
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::Sessions;
+use crate::session::{agent_hash, Sessions};
 use crate::template::TemplateId;
 
 use super::EvalError;
@@ -235,9 +235,9 @@ pub fn evaluate(
     let templates = learned.vocabulary.len();
 
     // The baseline learns from the same sequences the transformer does: the rule-clean
-    // training requests, per client, in order.
-    let key = |r: &Record| r.client.clone();
-    let mut seqs: HashMap<String, Vec<TemplateId>> = HashMap::new();
+    // training requests, per client and user agent, in order.
+    let key = |r: &Record| (r.client.clone(), agent_hash(r.user_agent.as_deref()));
+    let mut seqs: HashMap<(String, u32), Vec<TemplateId>> = HashMap::new();
     for r in &train_records {
         let (m, t, _) = r.request_parts();
         seqs.entry(key(r))
@@ -267,7 +267,7 @@ pub fn evaluate(
             }
         }
         let full = vi == all.len() - 1;
-        let mut last: HashMap<String, TemplateId> = HashMap::new();
+        let mut last: HashMap<(String, u32), TemplateId> = HashMap::new();
         if full {
             for r in &train_records {
                 let (m, t, _) = r.request_parts();

@@ -27,7 +27,7 @@ pub struct Trained {
 use crate::detectors::transformer::{FreshStart, Transformer};
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::{key_hash, Decayed, SessionConfig, Sessions, TAU_SHORT};
+use crate::session::{agent_hash, key_hash, Decayed, SessionConfig, Sessions, TAU_SHORT};
 use crate::template::{
     status_bucket, Miner, MinerConfig, RouteStats, TemplateId, Vocabulary, STATUS_BUCKETS,
 };
@@ -319,9 +319,11 @@ pub fn train(
     vocabulary.set_stats(route_stats(&vocabulary, &clean, &sessions));
     progress("templates", clean.len(), clean.len());
 
-    // Per client: its templates, split into sessions where it was idle longer than the
-    // session TTL (the proxy forgets it then, and its next request starts afresh).
-    let mut sequences: HashMap<u64, (f64, Vec<Vec<u32>>)> = Default::default();
+    // Per client and user agent, as the proxy keeps the transformer's context
+    // (`ClientState::continue_sequence`): its templates, split into sessions where it was idle
+    // longer than the session TTL (the proxy forgets it then, and its next request starts
+    // afresh).
+    let mut sequences: HashMap<(u64, u32), AgentSessions> = Default::default();
     let mut pre = Vec::with_capacity(clean.len());
     let mut post = Vec::with_capacity(clean.len());
     let mut unknown = 0usize;
@@ -333,8 +335,9 @@ pub fn train(
         clients.insert(c);
         let now = record_time(r);
         established.note(c, now);
+        let agent = agent_hash(r.user_agent.as_deref());
         let (last, seqs) = sequences
-            .entry(c)
+            .entry((c, agent))
             .or_insert_with(|| (f64::NEG_INFINITY, Vec::new()));
         if seqs.is_empty() || now - *last > cfg.session.idle_ttl {
             seqs.push(Vec::new());
@@ -394,7 +397,7 @@ pub fn train(
     };
     let (transformer, onnx) = match &cfg.lm {
         Some(lm) => match train_transformer(
-            sequences.into_iter().map(|(c, (_, s))| (c, s)).collect(),
+            by_client(sequences),
             vocabulary.len(),
             lm,
             cfg,
@@ -419,6 +422,23 @@ pub fn train(
     let first: Vec<Record> = clean.iter().take(CANARIES).map(|r| (*r).clone()).collect();
     let canaries = canary_outputs(&learned, &first);
     Ok(Trained { learned, canaries })
+}
+
+/// One user agent of a client in the training log: when it was last seen, and its sessions'
+/// template ids.
+type AgentSessions = (f64, Vec<Vec<u32>>);
+
+/// Each client's sequences, whatever their user agents: a client's requests are held out
+/// together for calibration.
+fn by_client(sequences: HashMap<(u64, u32), AgentSessions>) -> Vec<(u64, Vec<Vec<u32>>)> {
+    let mut clients: HashMap<u64, Vec<Vec<u32>>> = HashMap::new();
+    let mut sequences: Vec<_> = sequences.into_iter().collect();
+    // The map's order is not deterministic, and training must be.
+    sequences.sort_by_key(|(k, _)| *k);
+    for ((c, _), (_, seqs)) in sequences {
+        clients.entry(c).or_default().extend(seqs);
+    }
+    clients.into_iter().collect()
 }
 
 /// Train the sequence model on most clients and calibrate it on the requests of the others.
