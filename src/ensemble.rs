@@ -148,7 +148,7 @@ impl Verdict {
                     d.score
                 ),
                 DetectorKind::Transformer => format!(
-                    "transformer: this template after the client's previous ones has NLL {:.2} nats (at most its NLL as a first request, if it is a page that opens sessions), trained threshold {:.2} (calibrated {:.2})",
+                    "transformer: this template after the previous ones of this client and user agent has NLL {:.2} nats (at most its NLL as a first request, if it is a page that opens sessions), trained threshold {:.2} (calibrated {:.2})",
                     d.raw, d.raw_threshold, d.score
                 ),
             });

@@ -101,7 +101,8 @@ fn session_key(sessions: &Sessions, input: &RequestInput<'_>) -> String {
 #[derive(Debug, Clone)]
 pub struct Arrival {
     pub escalated: bool,
-    /// The client's previous templates, most recent last.
+    /// The previous templates of the client's user agent (`ClientState::continue_sequence`), most
+    /// recent last.
     pub context: Vec<TemplateId>,
     /// `context` is the client's whole history (it starts at the session's beginning).
     pub whole_history: bool,

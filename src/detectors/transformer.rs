@@ -660,7 +660,7 @@ impl Transformer {
         h.finish()
     }
 
-    /// Score `current` after `context` (the client's previous templates, most recent last).
+    /// Score `current` after `context` (the previous templates of the client's user agent, most recent last).
     /// `None` if the model failed to run (a detector failure is not a proxy error: the
     /// request is judged by the other detectors).
     pub fn score(
