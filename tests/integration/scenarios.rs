@@ -326,3 +326,61 @@ fn scores_evolve_within_a_session_and_sessions_are_independent() {
         "the scan's scores rise as it goes on: {scan:?}"
     );
 }
+
+#[test]
+fn the_people_behind_one_address_have_their_own_context() {
+    let up = Upstream::start();
+    let v = start(&up, "detect");
+    const PHONE_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_6_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.6 Mobile/15E148 Safari/604.1";
+    let nll = |d: &serde_json::Value| {
+        d["pre"]["detectors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["detector"] == "transformer"))
+            .and_then(|x| x["raw"].as_f64())
+            .expect("transformer score")
+    };
+    let staff_steps = [
+        ("GET", "/admin/login", 200),
+        ("POST", "/admin/login", 302),
+        ("GET", "/admin", 200),
+    ];
+    let orders = "/admin/orders?status=paid&page=1";
+    // Staff alone at an address.
+    let alone = "192.0.2.80";
+    for (method, target, status) in staff_steps {
+        req(&v, alone, method, target, BROWSER_UA, status);
+    }
+    let (_, by_itself) = req(&v, alone, "GET", orders, BROWSER_UA, 200);
+    // The same staff behind an office's NAT address, a colleague shopping on a phone in
+    // between: its pages do not enter the staff's context.
+    let office = "192.0.2.81";
+    let shopping = [
+        ("GET", "/", 200),
+        ("GET", "/products/1042", 200),
+        ("GET", "/cart", 200),
+    ];
+    for ((method, target, status), (m, t, s)) in staff_steps.into_iter().zip(shopping) {
+        req(&v, office, m, t, PHONE_UA, s);
+        req(&v, office, method, target, BROWSER_UA, status);
+    }
+    let (_, shared) = req(&v, office, "GET", orders, BROWSER_UA, 200);
+    assert!(
+        (nll(&shared) - nll(&by_itself)).abs() < 1e-3,
+        "{} vs {}: {shared} / {by_itself}",
+        nll(&shared),
+        nll(&by_itself)
+    );
+    // The colleague's next page is read after its own, not after the staff's admin pages.
+    let (_, phone) = req(&v, office, "GET", "/checkout", PHONE_UA, 200);
+    let fresh = "192.0.2.82";
+    for (m, t, s) in shopping {
+        req(&v, fresh, m, t, PHONE_UA, s);
+    }
+    let (_, phone_alone) = req(&v, fresh, "GET", "/checkout", PHONE_UA, 200);
+    assert!(
+        (nll(&phone) - nll(&phone_alone)).abs() < 1e-3,
+        "{} vs {}",
+        nll(&phone),
+        nll(&phone_alone)
+    );
+}
