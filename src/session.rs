@@ -855,6 +855,16 @@ mod tests {
         // of it the four route bursts, a fifth the strikes of four user agents, a quarter the
         // agent's own window), plus its key and the map entry.
         assert!(c.size_bytes() <= 640, "{}", c.size_bytes());
+        // Each further user agent adds its own window and slot, up to `SEQUENCE_AGENTS`.
+        let one = c.size_bytes();
+        for agent in 0..2 * SEQUENCE_AGENTS as u32 {
+            for i in 0..20 {
+                c.continue_sequence(100.0 + i as f64, 100 + agent, TemplateId(i), 20, 1800.0);
+            }
+        }
+        assert_eq!(c.sequences.len(), SEQUENCE_AGENTS);
+        let more = c.size_bytes() - one;
+        assert!(more <= 7 * 128 + 64, "{more}");
     }
 
     #[test]
