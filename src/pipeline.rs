@@ -104,7 +104,7 @@ pub struct Arrival {
     /// The previous templates of the client's user agent (`ClientState::continue_sequence`), most
     /// recent last.
     pub context: Vec<TemplateId>,
-    /// `context` is the client's whole history (it starts at the session's beginning).
+    /// `context` is the whole sequence (it starts at the session's beginning).
     pub whole_history: bool,
     pub features: PreVector,
 }

@@ -1,6 +1,6 @@
 //! Per-client session state: the client's last W request templates and time-decayed counters
 //! (request rates over 10 s / 60 s / 10 min, error ratio, 401/403/404 counts, inter-arrival
-//! statistics, bytes). Time is passed in by the caller (the request's own timestamp), never
+//! statistics, bytes), and per user agent of it the sequence the transformer reads. Time is passed in by the caller (the request's own timestamp), never
 //! read from the clock, so replaying a log gives the same state as living through it. Memory is
 //! bounded: at most `max_clients` entries, idle ones expire after `idle_ttl`, and a full table
 //! evicts the least recently seen of a sample (approximate LRU, O(1) per insert).

@@ -1,5 +1,5 @@
 //! Serves vigil's sequence model: the negative log-likelihood of a client's current request
-//! template given its previous ones (floored for pages that open sessions: `FreshStart`),
+//! template given the previous ones of its user agent (floored for pages that open sessions: `FreshStart`),
 //! from an ONNX causal LM run by tract.
 //!
 //! Sits in `detectors/`, on the request path: after `load` (done off the request path, in a
@@ -536,7 +536,7 @@ const TAIL_CLIENT_SHARE: f64 = 0.1;
 /// A page that opens sessions is never out of order: anyone can type its URL, follow a
 /// bookmark or a search result, or open it in a new tab. So a template whose NLL as a client's
 /// first request is ordinary (below `cut`, the threshold calibrated without this floor) scores
-/// the smaller of its NLL after the client's context and as a first request. Other templates
+/// the smaller of its NLL after the context and as a first request. Other templates
 /// (paying, an admin page, a refund: whatever is itself surprising as a first request) keep
 /// their NLL after the context, so a payment after a product page stays more surprising than
 /// a payment out of nowhere. Without the floor most of the transformer's false positives were
@@ -565,7 +565,7 @@ impl FreshStart {
         (f64::from(fresh) < self.cut).then_some(fresh)
     }
 
-    /// The NLL scored for template `current`, given `nll`, its NLL after the client's context.
+    /// The NLL scored for template `current`, given `nll`, its NLL after the context.
     pub fn apply(&self, current: u32, nll: f32) -> f32 {
         self.opener(current).map_or(nll, |fresh| nll.min(fresh))
     }
@@ -629,6 +629,11 @@ impl Transformer {
             hits: Default::default(),
             misses: Default::default(),
         })
+    }
+
+    /// Templates of context the model reads (its W).
+    pub fn window(&self) -> usize {
+        self.model.window()
     }
 
     /// Requests scored from the cache and by running the model, since load.

@@ -234,8 +234,9 @@ pub fn evaluate(
     let learned = Arc::new(trained.learned);
     let templates = learned.vocabulary.len();
 
-    // The baseline learns from the same sequences the transformer does: the rule-clean
-    // training requests, per client and user agent, in order.
+    // The baseline learns from the training part's requests per client and user agent, in
+    // order, as the transformer's sequences are kept (without their idle splits, and with the
+    // requests the rules flag, a few hundred in a day).
     let key = |r: &Record| (r.client.clone(), agent_hash(r.user_agent.as_deref()));
     let mut seqs: HashMap<(String, u32), Vec<TemplateId>> = HashMap::new();
     for r in &train_records {

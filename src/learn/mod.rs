@@ -123,16 +123,23 @@ pub fn record_time(r: &Record) -> f64 {
 }
 
 /// One request through templates, session and features, exactly as the proxy does it
-/// (`pipeline::replay`); returns the session key, the template and the vectors.
+/// (`pipeline::replay`); returns the session key, the template, whether the transformer's
+/// context for it was empty (a sequence begins), and the vectors.
 fn step(
     vocab: &Vocabulary,
     sessions: &Sessions,
     r: &Record,
-) -> (String, TemplateId, PreVector, PostVector) {
+) -> (String, TemplateId, bool, PreVector, PostVector) {
     let key = sessions.key(&r.client, r.user_agent.as_deref(), None, None);
     // Tag 0: training sessions hold this vocabulary only.
     let (template, arrival, post) = pipeline::replay((vocab, 0), sessions, &key, r);
-    (key, template, arrival.features, post)
+    (
+        key,
+        template,
+        arrival.context.is_empty(),
+        arrival.features,
+        post,
+    )
 }
 
 /// Requests one client contributes to a route's statistics: a log holds attacks the rules
@@ -319,33 +326,33 @@ pub fn train(
     vocabulary.set_stats(route_stats(&vocabulary, &clean, &sessions));
     progress("templates", clean.len(), clean.len());
 
-    // Per client and user agent, as the proxy keeps the transformer's context
-    // (`ClientState::continue_sequence`): its templates, split into sessions where it was idle
-    // longer than the session TTL (the proxy forgets it then, and its next request starts
-    // afresh).
-    let mut sequences: HashMap<(u64, u32), AgentSessions> = Default::default();
+    // The transformer's training sequences are the contexts the proxy keeps
+    // (`ClientState::continue_sequence`): per client and user agent, a new one wherever the
+    // replay found an empty context (the agent idle longer than the session TTL, displaced by
+    // more agents, or its client evicted), so that training and serving split them alike.
+    // In order of their first request: a client's sessions in a deterministic order.
+    let mut sequences: Vec<(u64, Vec<u32>)> = Vec::new();
+    let mut open: HashMap<(u64, u32), usize> = HashMap::new();
     let mut pre = Vec::with_capacity(clean.len());
     let mut post = Vec::with_capacity(clean.len());
     let mut unknown = 0usize;
     let mut clients = HashSet::new();
     let mut established = Established::default();
     for (n, r) in clean.iter().enumerate() {
-        let (key, template, p, q) = step(&vocabulary, &sessions, r);
+        let (key, template, fresh, p, q) = step(&vocabulary, &sessions, r);
         let c = key_hash(&key);
         clients.insert(c);
-        let now = record_time(r);
-        established.note(c, now);
+        established.note(c, record_time(r));
         let agent = agent_hash(r.user_agent.as_deref());
-        let (last, seqs) = sequences
-            .entry((c, agent))
-            .or_insert_with(|| (f64::NEG_INFINITY, Vec::new()));
-        if seqs.is_empty() || now - *last > cfg.session.idle_ttl {
-            seqs.push(Vec::new());
-        }
-        if let Some(s) = seqs.last_mut() {
-            s.push(template.0);
-        }
-        *last = now;
+        let at = match open.get(&(c, agent)) {
+            Some(&i) if !fresh => i,
+            _ => {
+                sequences.push((c, Vec::new()));
+                open.insert((c, agent), sequences.len() - 1);
+                sequences.len() - 1
+            }
+        };
+        sequences[at].1.push(template.0);
         unknown += (template == TemplateId::UNKNOWN) as usize;
         pre.push((c, p));
         post.push((c, q));
@@ -424,19 +431,12 @@ pub fn train(
     Ok(Trained { learned, canaries })
 }
 
-/// One user agent of a client in the training log: when it was last seen, and its sessions'
-/// template ids.
-type AgentSessions = (f64, Vec<Vec<u32>>);
-
-/// Each client's sequences, whatever their user agents: a client's requests are held out
-/// together for calibration.
-fn by_client(sequences: HashMap<(u64, u32), AgentSessions>) -> Vec<(u64, Vec<Vec<u32>>)> {
+/// Each client's sequences, whatever their user agents, in the order they began: a client's
+/// requests are held out together for calibration.
+fn by_client(sequences: Vec<(u64, Vec<u32>)>) -> Vec<(u64, Vec<Vec<u32>>)> {
     let mut clients: HashMap<u64, Vec<Vec<u32>>> = HashMap::new();
-    let mut sequences: Vec<_> = sequences.into_iter().collect();
-    // The map's order is not deterministic, and training must be.
-    sequences.sort_by_key(|(k, _)| *k);
-    for ((c, _), (_, seqs)) in sequences {
-        clients.entry(c).or_default().extend(seqs);
+    for (c, s) in sequences {
+        clients.entry(c).or_default().push(s);
     }
     clients.into_iter().collect()
 }
@@ -480,8 +480,10 @@ fn train_transformer(
         "Transformer trained."
     );
     let model = SequenceModel::load(&onnx, std::path::Path::new("transformer.onnx"))?;
-    // Every request of the held-out clients, scored as the proxy would: with the client's
-    // previous templates as context, BOS while the whole history fits.
+    // Every request of the held-out clients, scored as the proxy would: with the sequence's
+    // previous templates as context, BOS while the whole sequence fits. (The proxy keeps
+    // `sessions.window` templates; `ModelSet` warns when that is shorter than the model's W,
+    // since the contexts scored here would then be longer than the proxy's.)
     let mut items = Vec::new();
     for (c, s) in &hold {
         for i in 0..s.len() {

@@ -235,7 +235,7 @@ impl Windows {
     }
 }
 
-/// Cuts one client's token sequence (no BOS yet) into windows: input `[BOS, s1, ...]`,
+/// Cuts one sequence (a client's user agent's session; no BOS yet) into windows: input `[BOS, s1, ...]`,
 /// target the next token at every position, PAD after the end.
 fn push_windows(tokens: &[u32], w: usize, stride: usize, out: &mut Windows) {
     let n = tokens.len();
@@ -717,8 +717,8 @@ fn fit(
     let stride = cfg.effective_stride();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
 
-    // Split by client, not by window: windows of one client overlap, and a validation set that
-    // shares clients with training would reward memorising them.
+    // Split by sequence, not by window: windows of one sequence overlap, and a validation set
+    // that shares sequences with training would reward memorising them.
     let mut order: Vec<usize> = (0..sequences.len())
         .filter(|&i| !sequences[i].is_empty())
         .collect();

@@ -94,6 +94,20 @@ impl ModelSet {
             loaded_at: SystemTime::now(),
         };
         set.self_check()?;
+        let model_window = set
+            .learned
+            .as_deref()
+            .and_then(|l| l.transformer.as_ref())
+            .map(|t| t.window());
+        if let Some(w) = model_window.filter(|&w| cfg.sessions.window < w) {
+            // Not refused: the set still works, but its calibration scored longer contexts.
+            tracing::warn!(
+                sessions_window = cfg.sessions.window,
+                model_window = w,
+                "sessions.window is shorter than the transformer's window: it sees at most \
+                 sessions.window templates of context, fewer than it was calibrated with."
+            );
+        }
         Ok(set)
     }
 
