@@ -209,6 +209,7 @@ mod tests {
             rules: d(1.0),
             forest: d(1.0),
             transformer: d(1.0),
+            transformer_unsafe_weight: 1.0,
             threshold: 0.5,
             max_action: Mode::Block,
         }

@@ -100,6 +100,7 @@ pub struct FileEnsemble {
     pub rules: FileDetector,
     pub forest: FileDetector,
     pub transformer: FileDetector,
+    pub transformer_unsafe_weight: f64,
     pub threshold: f64,
     pub max_action: String,
 }
@@ -115,6 +116,7 @@ impl Default for FileEnsemble {
             rules: d(1.0),
             forest: d(1.0),
             transformer: d(0.7),
+            transformer_unsafe_weight: 0.8,
             threshold: 0.5,
             max_action: "block".into(),
         }
@@ -714,6 +716,12 @@ fn validate_ensemble(fe: &FileEnsemble, p: &mut Problems) -> EnsembleConfig {
     let rules = det("rules", &fe.rules);
     let forest = det("forest", &fe.forest);
     let transformer = det("transformer", &fe.transformer);
+    let transformer_unsafe_weight = unit_interval(
+        p,
+        "ensemble.transformer_unsafe_weight",
+        fe.transformer_unsafe_weight,
+        false,
+    );
     let threshold = unit_interval(p, "ensemble.threshold", fe.threshold, true);
     let max_action = p
         .mode("ensemble.max_action", &fe.max_action)
@@ -722,6 +730,7 @@ fn validate_ensemble(fe: &FileEnsemble, p: &mut Problems) -> EnsembleConfig {
         rules,
         forest,
         transformer,
+        transformer_unsafe_weight,
         threshold,
         max_action,
     }
@@ -844,6 +853,18 @@ mod tests {
             "{ps:?}"
         );
         assert_eq!(ps.len(), 3, "{ps:?}");
+    }
+
+    #[test]
+    fn the_transformer_weight_for_state_changes_is_checked_and_defaults_to_0_8() {
+        let ps = problems("rules: {paths: ['/']}\nensemble:\n  transformer_unsafe_weight: 1.5\n");
+        assert_eq!(
+            ps,
+            vec!["ensemble.transformer_unsafe_weight: must be in [0, 1], got 1.5".to_string()]
+        );
+        let cfg = Config::from_yaml("rules: {paths: ['/']}\n", Path::new("x.yaml"));
+        let weight = cfg.map(|c| c.ensemble.transformer_unsafe_weight).ok();
+        assert_eq!(weight, Some(0.8));
     }
 
     #[test]

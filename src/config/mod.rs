@@ -95,6 +95,11 @@ pub struct EnsembleConfig {
     pub rules: DetectorSettings,
     pub forest: DetectorSettings,
     pub transformer: DetectorSettings,
+    /// The transformer's weight for a request that changes state (any method but GET, HEAD,
+    /// OPTIONS, TRACE): paying, refunding or editing without the steps before it is what a
+    /// contextual attack is, while reading a page out of order is often a bookmark or a new
+    /// tab.
+    pub transformer_unsafe_weight: f64,
     /// Fused score at or above which a request is anomalous.
     pub threshold: f64,
     /// The strongest action a verdict of the learned detectors alone may take (rule hits

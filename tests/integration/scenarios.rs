@@ -231,6 +231,16 @@ fn scenario_6_an_out_of_order_call_is_flagged() {
         200,
     );
     assert!(votes(&first), "payment as the first request: {first}");
+    // A state change weighs more than reading a page out of order (`transformer_unsafe_weight`).
+    let weight = |d: &serde_json::Value| {
+        d["pre"]["detectors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["detector"] == "transformer"))
+            .and_then(|x| x["weight"].as_f64())
+    };
+    assert_eq!(weight(&first), Some(0.8), "{first}");
+    let (_, page) = req(&v, "192.0.2.69", "GET", "/checkout", BROWSER_UA, 200);
+    assert_eq!(weight(&page), Some(0.7), "{page}");
 }
 
 #[test]
