@@ -78,6 +78,19 @@ fn flagged(d: &serde_json::Value) -> bool {
     d["anomaly"] == true || d["escalated"] == true || d["attack"] == true
 }
 
+/// A field of the transformer's entry in a decision's pre-upstream detectors.
+fn transformer(d: &serde_json::Value, field: &str) -> Option<f64> {
+    d["pre"]["detectors"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["detector"] == "transformer"))
+        .and_then(|x| x[field].as_f64())
+}
+
+/// The transformer's NLL for a decision.
+fn nll(d: &serde_json::Value) -> f64 {
+    transformer(d, "raw").expect("transformer score")
+}
+
 fn fused(d: &serde_json::Value) -> f64 {
     let pre = d["pre"]["score"].as_f64().unwrap_or(0.0);
     let post = d["post"]["score"].as_f64().unwrap_or(0.0);
@@ -232,15 +245,9 @@ fn scenario_6_an_out_of_order_call_is_flagged() {
     );
     assert!(votes(&first), "payment as the first request: {first}");
     // A state change weighs more than reading a page out of order (`transformer_unsafe_weight`).
-    let weight = |d: &serde_json::Value| {
-        d["pre"]["detectors"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["detector"] == "transformer"))
-            .and_then(|x| x["weight"].as_f64())
-    };
-    assert_eq!(weight(&first), Some(0.8), "{first}");
+    assert_eq!(transformer(&first, "weight"), Some(0.8), "{first}");
     let (_, page) = req(&v, "192.0.2.69", "GET", "/checkout", BROWSER_UA, 200);
-    assert_eq!(weight(&page), Some(0.7), "{page}");
+    assert_eq!(transformer(&page, "weight"), Some(0.7), "{page}");
 }
 
 #[test]
@@ -255,13 +262,6 @@ fn scenario_7_context_lowers_the_score_of_the_same_request() {
     req(&v, staff, "POST", "/admin/login", BROWSER_UA, 302);
     req(&v, staff, "GET", "/admin", BROWSER_UA, 200);
     let (_, warm) = req(&v, staff, "GET", orders, BROWSER_UA, 200);
-    let nll = |d: &serde_json::Value| {
-        d["pre"]["detectors"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["detector"] == "transformer"))
-            .and_then(|x| x["raw"].as_f64())
-            .expect("transformer score")
-    };
     assert!(
         nll(&warm) + 1.0 < nll(&cold),
         "after the admin login the page is expected: {} vs {}",
@@ -342,13 +342,6 @@ fn the_people_behind_one_address_have_their_own_context() {
     let up = Upstream::start();
     let v = start(&up, "detect");
     const PHONE_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_6_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.6 Mobile/15E148 Safari/604.1";
-    let nll = |d: &serde_json::Value| {
-        d["pre"]["detectors"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["detector"] == "transformer"))
-            .and_then(|x| x["raw"].as_f64())
-            .expect("transformer score")
-    };
     let staff_steps = [
         ("GET", "/admin/login", 200),
         ("POST", "/admin/login", 302),
