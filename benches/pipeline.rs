@@ -248,7 +248,7 @@ fn session_memory(_: &mut Criterion) {
                 let now = 1.0 + k as f64;
                 c.continue_sequence(now, 7, TemplateId(k), cfg.window, cfg.idle_ttl);
                 c.observe_request(now, TemplateId(k), cfg.window);
-                c.observe_response(1.0 + k as f64, 200, 1000);
+                c.observe_response(now, 200, 1000);
             }
         });
     }

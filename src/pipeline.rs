@@ -101,8 +101,8 @@ fn session_key(sessions: &Sessions, input: &RequestInput<'_>) -> String {
 #[derive(Debug, Clone)]
 pub struct Arrival {
     pub escalated: bool,
-    /// The previous templates of the client's user agent (`ClientState::continue_sequence`), most
-    /// recent last.
+    /// The previous templates of the client's user agent (`ClientState::continue_sequence`),
+    /// most recent last.
     pub context: Vec<TemplateId>,
     /// `context` is the whole sequence (it starts at the session's beginning).
     pub whole_history: bool,

@@ -1,8 +1,8 @@
 //! Per-client session state: the client's last W request templates and time-decayed counters
 //! (request rates over 10 s / 60 s / 10 min, error ratio, 401/403/404 counts, inter-arrival
-//! statistics, bytes), and per user agent of it the sequence the transformer reads. Time is passed in by the caller (the request's own timestamp), never
-//! read from the clock, so replaying a log gives the same state as living through it. Memory is
-//! bounded: at most `max_clients` entries, idle ones expire after `idle_ttl`, and a full table
+//! statistics, bytes), and per user agent of it the sequence the transformer reads. Time is
+//! passed in by the caller (the request's own timestamp), never read from the clock, so
+//! replaying a log gives the same state as living through it. Memory is bounded: at most `max_clients` entries, idle ones expire after `idle_ttl`, and a full table
 //! evicts the least recently seen of a sample (approximate LRU, O(1) per insert).
 
 use std::collections::hash_map::DefaultHasher;
@@ -96,6 +96,18 @@ fn slot_for<T>(slots: &[T], is: impl Fn(&T) -> bool, keep: impl Fn(&T) -> f64) -
         }
     }
     least.0
+}
+
+/// Append `template` to a window of at most `window` templates, dropping the oldest; the
+/// buffer is sized once, so a full window never reallocates.
+fn push_recent(recent: &mut Vec<TemplateId>, template: TemplateId, window: usize) {
+    if recent.capacity() < window {
+        recent.reserve_exact(window - recent.len());
+    }
+    if recent.len() >= window {
+        recent.remove(0);
+    }
+    recent.push(template);
 }
 
 /// User agents whose anomalies a client keeps count of (`ClientState::strikes`).
@@ -308,13 +320,7 @@ impl ClientState {
         self.rate_medium.add(now, TAU_MEDIUM, 1.0);
         self.rate_long.add(now, TAU_LONG, 1.0);
         self.count_burst(now, template);
-        if self.recent.capacity() < window {
-            self.recent.reserve_exact(window - self.recent.len());
-        }
-        if self.recent.len() == window {
-            self.recent.remove(0);
-        }
-        self.recent.push(template);
+        push_recent(&mut self.recent, template, window);
     }
 
     /// Append `template` to `agent`'s sequence and return the sequence before it, and whether
@@ -344,25 +350,21 @@ impl ClientState {
             }
             None => {
                 let i = slot_for(&self.sequences, |_| false, |s| s.last);
-                self.sequences[i].agent = agent;
-                self.sequences[i].requests = 0;
+                let s = &mut self.sequences[i];
+                (s.agent, s.last) = (agent, now);
+                s.recent.clear();
+                s.requests = 0;
                 i
             }
         };
         let s = &mut self.sequences[i];
-        if s.requests == 0 || now - s.last > idle_ttl {
+        if now - s.last > idle_ttl {
             s.recent.clear();
             s.requests = 0;
         }
         let context = s.recent.clone();
         let whole = s.requests as usize == context.len();
-        if s.recent.capacity() < window {
-            s.recent.reserve_exact(window - s.recent.len());
-        }
-        if s.recent.len() == window {
-            s.recent.remove(0);
-        }
-        s.recent.push(template);
+        push_recent(&mut s.recent, template, window);
         s.requests += 1;
         s.last = s.last.max(now);
         (context, whole)
@@ -883,7 +885,8 @@ mod tests {
             (vec![t(9)], true)
         );
         c.continue_sequence(4.0, a, t(3), 3, 100.0);
-        // The window is full: the context no longer starts at the session's beginning.
+        // Three templates fill the window and are still the whole sequence; once one has been
+        // dropped the context no longer starts at the session's beginning.
         assert_eq!(
             c.continue_sequence(5.0, a, t(4), 3, 100.0),
             (vec![t(1), t(2), t(3)], true)

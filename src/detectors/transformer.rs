@@ -1,6 +1,6 @@
 //! Serves vigil's sequence model: the negative log-likelihood of a client's current request
-//! template given the previous ones of its user agent (floored for pages that open sessions: `FreshStart`),
-//! from an ONNX causal LM run by tract.
+//! template given the previous ones of its user agent (floored for pages that open sessions:
+//! `FreshStart`), from an ONNX causal LM run by tract.
 //!
 //! Sits in `detectors/`, on the request path: after `load` (done off the request path, in a
 //! model-set reload) every call is pure CPU work on the caller's thread: no I/O, no locks, no
@@ -621,14 +621,33 @@ impl Transformer {
             Some(cut) => Some(FreshStart::of(&model, cut)?),
             None => None,
         };
-        Ok(Transformer {
+        Ok(Self::assemble(model, calibration, fresh))
+    }
+
+    /// A transformer whose calibration was made with `fresh`'s floor: training has the
+    /// first-request NLLs at hand, and need not run the model for them again.
+    pub fn floored(
+        model: SequenceModel,
+        mut calibration: NllCalibration,
+        fresh: FreshStart,
+    ) -> Transformer {
+        calibration.opener_below = Some(fresh.cut);
+        Self::assemble(model, calibration, Some(fresh))
+    }
+
+    fn assemble(
+        model: SequenceModel,
+        calibration: NllCalibration,
+        fresh: Option<FreshStart>,
+    ) -> Transformer {
+        Transformer {
             model,
             calibration,
             fresh,
             cache: crate::memo::Memo::new(CACHE_SHARDS, CACHE_SLOTS / CACHE_SHARDS),
             hits: Default::default(),
             misses: Default::default(),
-        })
+        }
     }
 
     /// Templates of context the model reads (its W).
@@ -665,7 +684,8 @@ impl Transformer {
         h.finish()
     }
 
-    /// Score `current` after `context` (the previous templates of the client's user agent, most recent last).
+    /// Score `current` after `context` (the previous templates of the client's user agent,
+    /// most recent last).
     /// `None` if the model failed to run (a detector failure is not a proxy error: the
     /// request is judged by the other detectors).
     pub fn score(

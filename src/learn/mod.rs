@@ -518,15 +518,14 @@ fn train_transformer(
     // the served calibration is made on the floored NLLs.
     let plain = calibrate(nlls.iter().map(|&n| f64::from(n)).collect())?;
     let fresh = FreshStart::of(&model, plain.threshold)?;
-    let mut calibration = calibrate(
+    let calibration = calibrate(
         items
             .iter()
             .zip(&nlls)
             .map(|((_, _, t), &n)| f64::from(fresh.apply(*t, n)))
             .collect(),
     )?;
-    calibration.opener_below = Some(plain.threshold);
-    Ok((Transformer::new(model, calibration)?, onnx))
+    Ok((Transformer::floored(model, calibration, fresh), onnx))
 }
 
 #[cfg(test)]

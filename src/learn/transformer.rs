@@ -235,8 +235,8 @@ impl Windows {
     }
 }
 
-/// Cuts one sequence (a client's user agent's session; no BOS yet) into windows: input `[BOS, s1, ...]`,
-/// target the next token at every position, PAD after the end.
+/// Cuts one sequence (a session of one user agent of a client; no BOS yet) into windows:
+/// input `[BOS, s1, ...]`, target the next token at every position, PAD after the end.
 fn push_windows(tokens: &[u32], w: usize, stride: usize, out: &mut Windows) {
     let n = tokens.len();
     if n == 0 {
