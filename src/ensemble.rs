@@ -80,6 +80,22 @@ impl DetectorScore {
     }
 }
 
+/// The transformer's settings for a request of `method`: a state change (RFC 9110's unsafe
+/// methods, and anything unknown) weighs `transformer_unsafe_weight`.
+pub fn transformer_settings(cfg: &EnsembleConfig, method: &str) -> DetectorSettings {
+    let safe = ["GET", "HEAD", "OPTIONS", "TRACE"]
+        .iter()
+        .any(|m| method.eq_ignore_ascii_case(m));
+    DetectorSettings {
+        weight: if safe {
+            cfg.transformer.weight
+        } else {
+            cfg.transformer_unsafe_weight
+        },
+        ..cfg.transformer
+    }
+}
+
 /// The rules' calibrated score: the policy threshold lands on 0.5, twice it on 1.
 pub fn rules_score(points: u32, threshold: u32) -> f64 {
     (points as f64 / (2.0 * threshold.max(1) as f64)).min(1.0)
@@ -217,6 +233,25 @@ mod tests {
 
     fn s(kind: DetectorKind, settings: DetectorSettings, score: f64) -> DetectorScore {
         DetectorScore::new(kind, &settings, score, score, 0.5)
+    }
+
+    #[test]
+    fn state_changes_get_the_transformers_unsafe_weight() {
+        let mut c = cfg();
+        c.transformer.weight = 0.7;
+        c.transformer_unsafe_weight = 0.8;
+        for (method, weight) in [
+            ("GET", 0.7),
+            ("head", 0.7),
+            ("OPTIONS", 0.7),
+            ("POST", 0.8),
+            ("delete", 0.8),
+            ("PROPFIND", 0.8),
+        ] {
+            let s = transformer_settings(&c, method);
+            assert_eq!(s.weight, weight, "{method}");
+            assert_eq!((s.enabled, s.threshold), (true, 0.5));
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
 
-use crate::config::{DetectorSettings, Mode};
+use crate::config::Mode;
 use crate::ensemble::{self, DetectorKind, DetectorScore, Verdict};
 use crate::features::{self, PostVector, PreVector, RequestFacts, ResponseFacts};
 use crate::models::ModelSet;
@@ -231,13 +231,6 @@ pub fn replay(
     (facts.template, arrival, post)
 }
 
-/// Whether a request method changes state (RFC 9110's unsafe methods, and anything unknown).
-fn changes_state(method: &str) -> bool {
-    !["GET", "HEAD", "OPTIONS", "TRACE"]
-        .iter()
-        .any(|m| method.eq_ignore_ascii_case(m))
-}
-
 /// Score a request before it goes upstream, and record its arrival in the client's state.
 pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> Pre {
     let now = seconds(&input.time);
@@ -295,14 +288,7 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
         }
         if let Some(t) = l.transformer.as_ref().filter(|_| ens.transformer.enabled) {
             if let Some(s) = t.score(&arrival.context, arrival.whole_history, template) {
-                let settings = DetectorSettings {
-                    weight: if changes_state(&input.request.method) {
-                        ens.transformer_unsafe_weight
-                    } else {
-                        ens.transformer.weight
-                    },
-                    ..ens.transformer
-                };
+                let settings = ensemble::transformer_settings(ens, &input.request.method);
                 let d = DetectorScore::new(
                     DetectorKind::Transformer,
                     &settings,
