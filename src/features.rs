@@ -11,8 +11,9 @@ use crate::template::{status_bucket, RouteStats, TemplateId};
 
 /// Bumped whenever the layout below changes, or what the models read from a client's state:
 /// since 6 the transformer's context is per client and user agent (`session::Sequence`), and
-/// a set trained on per-client sequences would be asked about other ones.
-pub const FEATURES_VERSION: u32 = 6;
+/// a set trained on per-client sequences would be asked about other ones; since 7 a client's
+/// requests that follow links are a client of their own (`Sessions::lane`).
+pub const FEATURES_VERSION: u32 = 7;
 
 /// Pre-upstream features (index: meaning):
 ///  0 hour of day, sine      1 hour of day, cosine (the request's local time)

@@ -24,7 +24,9 @@ use crate::models::ModelSet;
 use crate::policy::{Action, Decision};
 use crate::record::Record;
 use crate::request::HttpRequest;
-use crate::session::{agent_hash, ClientState, SessionConfig, SessionKey, Sessions, Site};
+use crate::session::{
+    agent_hash, page_hash, ClientState, SessionConfig, SessionKey, Sessions, Site,
+};
 use crate::template::{RouteStats, TemplateId, Vocabulary};
 
 /// What the pipeline needs to know about a request.
@@ -54,8 +56,15 @@ pub struct Pre {
     pub template: TemplateId,
     /// The client was escalated when this request arrived.
     pub escalated: bool,
+    /// The key of the request's lane (`Sessions::lane`): what its state is kept under.
     #[serde(skip)]
     pub session_key: String,
+    /// The client's own session key, under which its pages are kept (the direct lane's).
+    #[serde(skip)]
+    pages_key: String,
+    /// The target as its client's pages remember it, once answered 2xx/3xx (`page_hash`).
+    #[serde(skip)]
+    page: u32,
     /// The session key as the forests' per-client thresholds name it (`session::key_hash`).
     #[serde(skip)]
     client: u64,
@@ -200,14 +209,14 @@ pub fn respond(
 }
 
 /// One logged request through both stages' state updates, as the proxy makes them (training
-/// and the canary self-check replay logs with it): its template, what it found on arrival,
-/// and its post-response features.
+/// and the canary self-check replay logs with it): the key of its lane (`Sessions::lane`),
+/// its template, what it found on arrival, and its post-response features.
 pub fn replay(
     vocabulary: (&Vocabulary, u64),
     sessions: &Sessions,
     key: &str,
     r: &Record,
-) -> (TemplateId, Arrival, PostVector) {
+) -> (String, TemplateId, Arrival, PostVector) {
     let (method, target, _) = r.request_parts();
     let now = seconds(&r.time);
     let site = sessions.site();
@@ -223,12 +232,21 @@ pub fn replay(
         r.status,
         r.bytes,
     );
-    let (arrival, post) = sessions.with(key, now, |c| {
+    let lane = sessions.lane(key, now, agent, r.referer.as_deref());
+    let lane_key = lane.as_deref().unwrap_or(key);
+    let page = (r.status < 400).then(|| page_hash(agent, target.as_bytes()));
+    let (arrival, post) = sessions.with(lane_key, now, |c| {
         let a = arrive(c, &facts, vocabulary.1, now, sessions.config(), agent);
         let post = respond(c, &a.features, &response, now);
+        if let (None, Some(page)) = (&lane, page) {
+            c.pages.note(now, page);
+        }
         (a, post)
     });
-    (facts.template, arrival, post)
+    if let (Some(_), Some(page)) = (&lane, page) {
+        sessions.note_page(key, now, page);
+    }
+    (lane_key.to_string(), facts.template, arrival, post)
 }
 
 /// Score a request before it goes upstream, and record its arrival in the client's state.
@@ -256,7 +274,11 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     }
 
     let learned = models.learned.as_deref();
-    let key = session_key(sessions, input);
+    let agent = agent_hash(input.request.header("user-agent"));
+    let pages_key = session_key(sessions, input);
+    let key = sessions
+        .lane(&pages_key, now, agent, input.request.header("referer"))
+        .unwrap_or_else(|| pages_key.clone());
     let client = crate::session::key_hash(&key);
     let vocabulary = learned.map(|l| (&l.vocabulary, l.vocabulary_tag));
     let facts = request_facts(
@@ -268,7 +290,6 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
     );
     let template = facts.template;
     let tag = learned.map_or(0, |l| l.vocabulary_tag);
-    let agent = agent_hash(input.request.header("user-agent"));
     let arrival = sessions.with(&key, now, |c| {
         arrive(c, &facts, tag, now, sessions.config(), agent)
     });
@@ -309,6 +330,8 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
         template,
         escalated,
         session_key: key,
+        pages_key,
+        page: page_hash(agent, &input.request.target),
         client,
         now,
         agent,
@@ -352,13 +375,23 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
         status,
         bytes,
     );
-    let post_vec = sessions.with(&pre.session_key, now, |c| match &pre.features {
-        Some(v) => Some(respond(c, v, &response, now)),
-        None => {
-            c.observe_response(now, status, bytes);
-            None
+    let fetched = status < 400;
+    let direct = pre.session_key == pre.pages_key;
+    let post_vec = sessions.with(&pre.session_key, now, |c| {
+        if fetched && direct {
+            c.pages.note(now, pre.page);
+        }
+        match &pre.features {
+            Some(v) => Some(respond(c, v, &response, now)),
+            None => {
+                c.observe_response(now, status, bytes);
+                None
+            }
         }
     });
+    if fetched && !direct {
+        sessions.note_page(&pre.pages_key, now, pre.page);
+    }
     let mut scores: Vec<DetectorScore> = pre
         .verdict
         .detectors

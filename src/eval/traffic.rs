@@ -20,7 +20,7 @@ use crate::learn::{self, TrainConfig};
 use crate::models::ModelSet;
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::{agent_hash, Sessions};
+use crate::session::{agent_hash, LaneRequest, Lanes, Sessions};
 use crate::template::TemplateId;
 
 use super::EvalError;
@@ -234,14 +234,30 @@ pub fn evaluate(
     let learned = Arc::new(trained.learned);
     let templates = learned.vocabulary.len();
 
-    // The baseline learns from the training part's requests per client and user agent, in
-    // order, as the transformer's sequences are kept (without their idle splits, and with the
-    // requests the rules flag, a few hundred in a day).
-    let key = |r: &Record| (r.client.clone(), agent_hash(r.user_agent.as_deref()));
+    // The baseline learns from the training part's requests per client lane and user agent,
+    // in order, as the transformer's sequences are kept (without their idle splits, and with
+    // the requests the rules flag, a few hundred in a day).
+    let mut lanes = Lanes::new(&cfg.sessions);
+    let keys = Sessions::new(cfg.sessions.clone());
+    let train_keys: Vec<(String, u32)> = train_records
+        .iter()
+        .map(|r| {
+            let (_, target, _) = r.request_parts();
+            let agent = agent_hash(r.user_agent.as_deref());
+            let request = LaneRequest {
+                agent,
+                target: target.as_bytes(),
+                referer: r.referer.as_deref(),
+                status: r.status,
+            };
+            let key = keys.key(&r.client, r.user_agent.as_deref(), None, None);
+            (lanes.key(&key, pipeline::seconds(&r.time), request), agent)
+        })
+        .collect();
     let mut seqs: HashMap<(String, u32), Vec<TemplateId>> = HashMap::new();
-    for r in &train_records {
+    for (r, k) in train_records.iter().zip(&train_keys) {
         let (m, t, _) = r.request_parts();
-        seqs.entry(key(r))
+        seqs.entry(k.clone())
             .or_default()
             .push(learned.vocabulary.lookup(&m, &t));
     }
@@ -270,9 +286,9 @@ pub fn evaluate(
         let full = vi == all.len() - 1;
         let mut last: HashMap<(String, u32), TemplateId> = HashMap::new();
         if full {
-            for r in &train_records {
+            for (r, k) in train_records.iter().zip(&train_keys) {
                 let (m, t, _) = r.request_parts();
-                last.insert(key(r), learned.vocabulary.lookup(&m, &t));
+                last.insert(k.clone(), learned.vocabulary.lookup(&m, &t));
             }
         }
         let mut flagged = Vec::with_capacity(test_part.len());
@@ -290,7 +306,7 @@ pub fn evaluate(
                 raw.forest_pre.push(get(DetectorKind::ForestPre));
                 raw.forest_post.push(get(DetectorKind::ForestPost));
                 raw.transformer.push(get(DetectorKind::Transformer));
-                let k = key(&l.record);
+                let k = (pre.session_key.clone(), pre.agent);
                 raw.bigram
                     .push(bigram.nll(last.get(&k).copied(), pre.template));
                 last.insert(k, pre.template);

@@ -27,7 +27,9 @@ pub struct Trained {
 use crate::detectors::transformer::{FreshStart, Transformer};
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::{agent_hash, key_hash, Decayed, SessionConfig, Sessions, TAU_SHORT};
+use crate::session::{
+    agent_hash, key_hash, Decayed, LaneRequest, Lanes, SessionConfig, Sessions, TAU_SHORT,
+};
 use crate::template::{
     status_bucket, Miner, MinerConfig, RouteStats, TemplateId, Vocabulary, STATUS_BUCKETS,
 };
@@ -123,16 +125,16 @@ pub fn record_time(r: &Record) -> f64 {
 }
 
 /// One request through templates, session and features, exactly as the proxy does it
-/// (`pipeline::replay`); returns the session key, the template, whether the transformer's
+/// (`pipeline::replay`); returns the key of its lane (`Sessions::lane`), the template, whether the transformer's
 /// context for it was empty (a sequence begins), and the vectors.
 fn step(
     vocab: &Vocabulary,
     sessions: &Sessions,
     r: &Record,
 ) -> (String, TemplateId, bool, PreVector, PostVector) {
-    let key = sessions.key(&r.client, r.user_agent.as_deref(), None, None);
+    let client = sessions.key(&r.client, r.user_agent.as_deref(), None, None);
     // Tag 0: training sessions hold this vocabulary only.
-    let (template, arrival, post) = pipeline::replay((vocab, 0), sessions, &key, r);
+    let (key, template, arrival, post) = pipeline::replay((vocab, 0), sessions, &client, r);
     (
         key,
         template,
@@ -150,9 +152,24 @@ const ROUTE_STATS_PER_CLIENT: u32 = 3;
 /// endpoint has one client, and three of its answers say little about their usual sizes.
 const ROUTE_STATS_PER_ESTABLISHED: u32 = 300;
 
-/// The client a record belongs to, as the proxy's session table keys it.
-fn session_client(sessions: &Sessions, r: &Record) -> u64 {
-    key_hash(sessions.key(&r.client, r.user_agent.as_deref(), None, None))
+/// The clients of records, in order, as the proxy's session table keys them: the lanes of
+/// their session keys (`Sessions::lane`).
+fn session_clients(sessions: &Sessions, records: &[&Record]) -> Vec<u64> {
+    let mut lanes = Lanes::new(sessions.config());
+    records
+        .iter()
+        .map(|r| {
+            let key = sessions.key(&r.client, r.user_agent.as_deref(), None, None);
+            let (_, target, _) = r.request_parts();
+            let request = LaneRequest {
+                agent: agent_hash(r.user_agent.as_deref()),
+                target: target.as_bytes(),
+                referer: r.referer.as_deref(),
+                status: r.status,
+            };
+            key_hash(lanes.key(&key, record_time(r), request))
+        })
+        .collect()
 }
 
 /// What training saw of each route (`Vocabulary::route`), from the rule-clean records.
@@ -170,20 +187,20 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record], sessions: &Sessions) -> 
         /// Each client's largest ~10 s count of the route, as `ClientState::burst` sees it.
         bursts: HashMap<u64, f32>,
     }
+    let clients = session_clients(sessions, records);
     let mut established = Established::default();
-    for r in records {
-        established.note(session_client(sessions, r), record_time(r));
+    for (r, &c) in records.iter().zip(&clients) {
+        established.note(c, record_time(r));
     }
     let mut acc = vec![Acc::default(); vocab.len()];
     let mut per_client: HashMap<(u64, u32), u32> = HashMap::new();
     let mut counts: HashMap<(u64, u32), Decayed> = HashMap::new();
-    for r in records {
+    for (r, &client) in records.iter().zip(&clients) {
         let (m, t, _) = r.request_parts();
         let id = vocab.lookup(&m, &t).0;
         let Some(a) = acc.get_mut(id as usize) else {
             continue;
         };
-        let client = session_client(sessions, r);
         let now = record_time(r);
         let count = counts.entry((client, id)).or_default();
         let before = count.at(now, TAU_SHORT);

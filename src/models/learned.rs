@@ -157,7 +157,7 @@ pub fn canary_outputs(learned: &Learned, records: &[crate::record::Record]) -> V
     records
         .iter()
         .map(|r| {
-            let (template, a, post) =
+            let (_, template, a, post) =
                 crate::pipeline::replay((&learned.vocabulary, 0), &sessions, &r.client, r);
             let nll = learned.transformer.as_ref().and_then(|t| {
                 let ctx: Vec<u32> = a.context.iter().map(|t| t.0).collect();

@@ -27,6 +27,22 @@ fn req(
     ua: &str,
     status: u16,
 ) -> (u16, serde_json::Value) {
+    req_from(v, client, method, target, ua, status, None)
+}
+
+/// `req` with a `Referer`.
+fn req_from(
+    v: &Vigil,
+    client: &str,
+    method: &str,
+    target: &str,
+    ua: &str,
+    status: u16,
+    referer: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let referer = referer
+        .map(|r| format!("Referer: https://shop.example.com{r}\r\n"))
+        .unwrap_or_default();
     let id = format!("s-{}", request_id());
     let size = typical_size(method, target, status);
     let body = if method == "POST" || method == "PUT" {
@@ -37,7 +53,7 @@ fn req(
     let r = send(
         v.addr,
         &format!(
-            "{method} {target} HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: {ua}\r\nX-Forwarded-For: {client}\r\nX-Request-Id: {id}\r\nX-Test-Status: {status}\r\nX-Test-Bytes: {size}\r\nConnection: close\r\n{body}"
+            "{method} {target} HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: {ua}\r\n{referer}X-Forwarded-For: {client}\r\nX-Request-Id: {id}\r\nX-Test-Status: {status}\r\nX-Test-Bytes: {size}\r\nConnection: close\r\n{body}"
         ),
     );
     let d = v.decision(&id);
@@ -386,4 +402,59 @@ fn the_people_behind_one_address_have_their_own_context() {
         nll(&phone),
         nll(&phone_alone)
     );
+}
+
+#[test]
+fn a_scanner_behind_an_address_does_not_make_suspects_of_the_people_following_links() {
+    let up = Upstream::start();
+    let v = start(&up, "block");
+    let office = "192.0.2.90";
+    // A colleague opens the shop; then a scanner with the same browser's user agent probes
+    // from the same address, until it is escalated.
+    let (status, _) = req(&v, office, "GET", "/", BROWSER_UA, 200);
+    assert_eq!(status, 200);
+    let probes = [
+        "/.env",
+        "/wp-login.php",
+        "/phpmyadmin/",
+        "/.git/config",
+        "/backup.zip",
+        "/server-status",
+        "/admin.php",
+        "/config.bak",
+    ];
+    let mut escalated = false;
+    for p in probes {
+        let (_, d) = req(&v, office, "GET", p, BROWSER_UA, 404);
+        escalated |= d["escalated"] == true;
+    }
+    assert!(escalated, "the scanner is escalated");
+    let (status, d) = req(&v, office, "GET", "/about", BROWSER_UA, 200);
+    assert_eq!(status, 403, "its next direct request is blocked: {d}");
+    // The colleague follows links from the pages it was served: its own lane, which the
+    // scanner's errors did not fill.
+    let product = "/products/1042";
+    let clicks = [
+        ("GET", product, 200, "/"),
+        ("GET", "/images/products/1042.jpg", 200, product),
+        ("GET", "/api/v1/cart", 200, product),
+        ("POST", "/cart/add", 302, product),
+        ("GET", "/cart", 200, product),
+    ];
+    for (method, target, status, from) in clicks {
+        let (got, d) = req_from(&v, office, method, target, BROWSER_UA, status, Some(from));
+        assert_eq!(got, status, "{target}: {d}");
+        assert!(!flagged(&d), "{target}: {d}");
+    }
+    // A referer naming a page never served to this address and agent is no link followed.
+    let (status, d) = req_from(
+        &v,
+        office,
+        "GET",
+        "/cart",
+        BROWSER_UA,
+        200,
+        Some("/account"),
+    );
+    assert_eq!(status, 403, "{d}");
 }
