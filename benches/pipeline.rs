@@ -229,7 +229,9 @@ fn bench_model_set(c: &mut Criterion) {
     g.finish();
 }
 
-/// Not a timing: the resident memory one client's session state costs, printed once.
+/// Not a timing: the resident memory one client's session state costs, printed once: a client
+/// of one user agent that requests directly (its window full), and one that also browses by
+/// links (both lanes' windows full, and the 32 pages it was last served).
 fn session_memory(_: &mut Criterion) {
     fn rss() -> usize {
         std::fs::read_to_string("/proc/self/statm")
@@ -238,28 +240,45 @@ fn session_memory(_: &mut Criterion) {
             .map_or(0, |pages| pages * 4096)
     }
     let cfg = vigil::session::SessionConfig::default();
-    let sessions = Sessions::new(cfg.clone());
-    let before = rss();
+    let fill = |c: &mut vigil::session::ClientState| {
+        for k in 0..cfg.window as u32 {
+            let now = 1.0 + k as f64;
+            c.continue_sequence(now, 7, TemplateId(k), cfg.window, cfg.idle_ttl);
+            c.observe_request(now, TemplateId(k), cfg.window);
+            c.observe_response(now, 200, 1000);
+        }
+    };
     let n = 100_000u32;
-    for i in 0..n {
-        let key = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
-        sessions.with(&key, 1.0, |c| {
-            for k in 0..cfg.window as u32 {
-                let now = 1.0 + k as f64;
-                c.continue_sequence(now, 7, TemplateId(k), cfg.window, cfg.idle_ttl);
-                c.observe_request(now, TemplateId(k), cfg.window);
-                c.observe_response(now, 200, 1000);
+    // Both tables stay alive, so that the second does not reuse the first's freed memory.
+    let mut tables = Vec::new();
+    for browsing in [false, true] {
+        let sessions = Sessions::new(cfg.clone());
+        let before = rss();
+        for i in 0..n {
+            let key = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            sessions.with(&key, 1.0, |c| {
+                fill(c);
+                if browsing {
+                    for p in 0..vigil::session::PAGES as u32 {
+                        c.pages.note(1.0, p);
+                    }
+                }
+            });
+            if browsing {
+                sessions.with(&vigil::session::navigation_key(&key), 1.0, fill);
             }
-        });
+        }
+        let after = rss();
+        println!(
+            "session memory: {} clients (one user agent each{}) with full {}-template windows: {:.1} MB resident, {} bytes per client",
+            n,
+            if browsing { ", browsing by links: two lanes and 32 pages" } else { ", requests direct" },
+            cfg.window,
+            (after - before) as f64 / 1e6,
+            (after - before) / n as usize
+        );
+        tables.push(sessions);
     }
-    let after = rss();
-    println!(
-        "session memory: {} clients (one user agent each) with full {}-template windows: {:.1} MB resident, {} bytes per client",
-        sessions.len(),
-        cfg.window,
-        (after - before) as f64 / 1e6,
-        (after - before) / n as usize
-    );
 }
 
 criterion_group!(benches, session_memory, bench_stages, bench_model_set);
