@@ -9,6 +9,9 @@
 //! requests keep being anomalous (scanning, brute force, enumeration) is escalated: its next
 //! requests get the escalated action for a decaying period.
 //!
+//! "The client's state" is that of the request's lane (`Sessions::lane`): its direct
+//! requests, or apart from them those that follow links it was served.
+//!
 //! Time is passed in (the request's arrival, or a log line's own timestamp), never read here.
 //! No I/O, no panics on any input.
 
@@ -234,7 +237,7 @@ pub fn replay(
     );
     let lane = sessions.lane(key, now, agent, r.referer.as_deref());
     let lane_key = lane.as_deref().unwrap_or(key);
-    let page = (r.status < 400).then(|| page_hash(agent, target.as_bytes()));
+    let page = fetched(r.status).then(|| page_hash(agent, target.as_bytes()));
     let (arrival, post) = sessions.with(lane_key, now, |c| {
         let a = arrive(c, &facts, vocabulary.1, now, sessions.config(), agent);
         let post = respond(c, &a.features, &response, now);
@@ -362,6 +365,21 @@ fn action(models: &ModelSet, d: &Decision, v: &Verdict, escalated: bool) -> Acti
     }
 }
 
+/// The response's status is known (its headers go out): a page served 2xx/3xx is one the
+/// client's next requests may follow (`Sessions::lane`). Before the body is sent, since a
+/// browser asks for a page's assets while the page is still arriving; replays of a log note
+/// it right after the request, the same order.
+pub fn responded(sessions: &Sessions, pre: &Pre, status: u16) {
+    if fetched(status) {
+        sessions.note_page(&pre.pages_key, pre.now, pre.page);
+    }
+}
+
+/// A status that served what was asked for (not 0: no response at all).
+fn fetched(status: u16) -> bool {
+    (100..400).contains(&status)
+}
+
 /// Complete the record with what was sent back, update the client's state, and judge it.
 pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, bytes: u64) -> Post {
     let now = pre.now;
@@ -375,23 +393,13 @@ pub fn post(models: &ModelSet, sessions: &Sessions, pre: &Pre, status: u16, byte
         status,
         bytes,
     );
-    let fetched = status < 400;
-    let direct = pre.session_key == pre.pages_key;
-    let post_vec = sessions.with(&pre.session_key, now, |c| {
-        if fetched && direct {
-            c.pages.note(now, pre.page);
-        }
-        match &pre.features {
-            Some(v) => Some(respond(c, v, &response, now)),
-            None => {
-                c.observe_response(now, status, bytes);
-                None
-            }
+    let post_vec = sessions.with(&pre.session_key, now, |c| match &pre.features {
+        Some(v) => Some(respond(c, v, &response, now)),
+        None => {
+            c.observe_response(now, status, bytes);
+            None
         }
     });
-    if fetched && !direct {
-        sessions.note_page(&pre.pages_key, now, pre.page);
-    }
     let mut scores: Vec<DetectorScore> = pre
         .verdict
         .detectors
@@ -462,6 +470,7 @@ pub fn score_record(models: &ModelSet, sessions: &Sessions, r: &Record) -> (Pre,
         request: &req,
     };
     let pre = pre(models, sessions, &input);
+    responded(sessions, &pre, r.status);
     let post = post(models, sessions, &pre, r.status, r.bytes);
     (pre, post)
 }

@@ -1,9 +1,12 @@
-//! Per-client session state: the client's last W request templates and time-decayed counters
-//! (request rates over 10 s / 60 s / 10 min, error ratio, 401/403/404 counts, inter-arrival
-//! statistics, bytes), and per user agent of it the sequence the transformer reads. Time is
-//! passed in by the caller (the request's own timestamp), never read from the clock, so
-//! replaying a log gives the same state as living through it. Memory is bounded: at most `max_clients` entries, idle ones expire after `idle_ttl`, and a full table
-//! evicts the least recently seen of a sample (approximate LRU, O(1) per insert).
+//! Per-client session state, after the request's record and template and before the
+//! features: per lane of a client (its direct requests, and apart from them those that follow
+//! links it was served: `Sessions::lane`) the last W request templates and time-decayed
+//! counters (request rates over 10 s / 60 s / 10 min, error ratio, 401/403/404 counts,
+//! inter-arrival statistics, bytes), and per user agent of it the sequence the transformer
+//! reads. Time is passed in by the caller (the request's own timestamp), never read from the
+//! clock, so replaying a log gives the same state as living through it. Memory is bounded: at
+//! most `max_clients` entries (a lane each), idle ones expire after `idle_ttl`, and a full
+//! table evicts the least recently active of a sample (approximate LRU, O(1) per insert).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -27,10 +30,11 @@ pub enum SessionKey {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
-    /// Templates remembered per client.
+    /// Templates remembered per client lane.
     pub window: usize,
     pub max_clients: usize,
-    /// Seconds without a request after which a client is forgotten.
+    /// Seconds without a request after which a client lane is forgotten; also how long a
+    /// page it was served can be followed into its navigation lane.
     pub idle_ttl: f64,
     pub key: SessionKey,
 }
@@ -201,9 +205,11 @@ impl Pages {
 
     /// When the latest page was fetched (negative infinity for none).
     fn newest(&self) -> f64 {
+        // The latest noted is not always the newest: responses finish out of order.
         self.entries
-            .last()
-            .map_or(f64::NEG_INFINITY, |&(_, at)| self.origin + f64::from(at))
+            .iter()
+            .map(|&(_, at)| self.origin + f64::from(at))
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 }
 
@@ -228,10 +234,10 @@ pub fn referer_target(referer: &[u8]) -> Option<&[u8]> {
     if r.first() == Some(&b'/') {
         return (r.get(1) != Some(&b'/')).then_some(r);
     }
-    let lower = |n: usize| r.get(..n).map(|p| p.to_ascii_lowercase());
-    let rest = if lower(7).as_deref() == Some(b"http://") {
+    let scheme = |s: &[u8]| r.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s));
+    let rest = if scheme(b"http://") {
         &r[7..]
-    } else if lower(8).as_deref() == Some(b"https://") {
+    } else if scheme(b"https://") {
         &r[8..]
     } else {
         return None;
@@ -307,7 +313,9 @@ impl LaneRequest<'_> {
 
     /// The page it fetched, when answered 2xx/3xx: what a later request may follow.
     pub fn fetched(&self) -> Option<u32> {
-        (self.status < 400).then(|| page_hash(self.agent, self.target))
+        (100..400)
+            .contains(&self.status)
+            .then(|| page_hash(self.agent, self.target))
     }
 }
 
@@ -315,7 +323,7 @@ impl LaneRequest<'_> {
 /// slot with the smallest count, so the busiest routes stay; an untracked template counts 0.
 pub const BURST_SLOTS: usize = 4;
 
-/// Everything vigil remembers about one client.
+/// Everything vigil remembers about one client lane (a session entry).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientState {
     /// Most recent last; at most `window` entries.
@@ -357,7 +365,8 @@ pub struct ClientState {
     /// valid).
     pub vocabulary: u64,
     /// What the client was recently answered 2xx/3xx for: kept in the entry of its session
-    /// key (its direct lane), read for every request of it (`Sessions::lane`).
+    /// key (its direct lane), read for every request of it that names a referer
+    /// (`Sessions::lane`).
     pub pages: Pages,
 }
 
@@ -771,8 +780,8 @@ impl Sessions {
                 return f(state);
             }
             // Expired: start afresh, as if it had been evicted. Its pages stay: a client that
-            // only follows links for a while keeps this entry for them alone, and they expire
-            // one by one.
+            // only follows links for a while keeps this entry for them alone, and each counts
+            // for `idle_ttl` after it was served.
             let pages = std::mem::take(&mut state.pages);
             *state = ClientState::new(now);
             state.pages = pages;
@@ -791,7 +800,8 @@ impl Sessions {
     /// `Referer`: `Some(navigation_key(key))` when the referer names a page the same client
     /// and user agent were answered 2xx/3xx for within `idle_ttl`, a click on a link; `None`
     /// for the client's direct lane (typed, bookmarked, scripted, scanned, from another
-    /// site). Each lane is a client of its own for the counters, the forests, the
+    /// site). A referer is matched by its path and query only, as logs do not hold the host:
+    /// another site's origin-only referer reads as `/`. Each lane is a client of its own for the counters, the forests, the
     /// transformer's sequences and escalation: the people behind one NAT address browse by
     /// links while a scanner or a script beside them requests directly, and one address's
     /// counters made the scanner's errors theirs (on a simulated site, 298 of 404 false
@@ -823,13 +833,18 @@ impl Sessions {
             .cloned()
     }
 
-    /// Forget one client (the session reset of the REST API).
+    /// Forget one client, both its lanes (the session reset of the REST API).
     pub fn reset(&self, key: &str) -> bool {
-        let mut map = match self.shard(key).lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.remove(key).is_some()
+        let navigation = navigation_key(key);
+        [key, navigation.as_str()]
+            .into_iter()
+            .fold(false, |any, k| {
+                let mut map = match self.shard(k).lock() {
+                    Ok(m) => m,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                map.remove(k).is_some() || any
+            })
     }
 
     pub fn len(&self) -> usize {
@@ -848,7 +863,7 @@ impl Sessions {
 }
 
 /// Make room in a full shard: drop expired entries among a sample, else the least recently
-/// seen entry of the sample.
+/// active entry of the sample.
 fn evict(map: &mut HashMap<String, ClientState>, now: f64, ttl: f64) {
     let mut victim: Option<(String, f64)> = None;
     let mut expired = Vec::new();

@@ -569,6 +569,101 @@ mod tests {
     }
 
     #[test]
+    fn serving_training_and_log_passes_put_requests_in_the_same_lanes() {
+        const CHROME: &str = "Mozilla/5.0 Chrome/129";
+        const PHONE: &str = "Mozilla/5.0 iPhone";
+        let rec = |secs: u32, target: &str, status: u16, referer: &str, ua: &str| {
+            let l = format!(
+                "10.1.1.1 - - [01/Mar/2024:10:{:02}:{:02} +0000] \"GET {target} HTTP/1.1\" {status} 512 \"{referer}\" \"{ua}\"",
+                secs / 60,
+                secs % 60
+            );
+            Record::parse_line(&l, 1).unwrap()
+        };
+        let site = "https://shop.example.com";
+        let (home, product) = (format!("{site}/"), format!("{site}/products/1"));
+        let log = [
+            (rec(0, "/", 200, "-", CHROME), false),
+            (rec(1, "/static/app.css", 200, &home, CHROME), true),
+            (rec(2, "/products/1", 200, &home, CHROME), true),
+            // A scanner with the same user agent, direct.
+            (rec(3, "/.env", 404, "-", CHROME), false),
+            // Another agent at the address was not served the home page.
+            (rec(4, "/products/1", 200, &home, PHONE), false),
+            (rec(5, "/cart", 302, &product, CHROME), true),
+            (rec(6, "/gone", 404, &product, CHROME), true),
+            // A 404 is no page to follow.
+            (
+                rec(7, "/about", 200, &format!("{site}/gone"), CHROME),
+                false,
+            ),
+            (rec(8, "/about", 200, &format!("{site}/cart"), CHROME), true),
+            // The phone's own page, served above, can be followed.
+            (rec(9, "/cart", 200, &product, PHONE), true),
+        ];
+        let lane = |navigation: bool| {
+            if navigation {
+                crate::session::navigation_key("10.1.1.1")
+            } else {
+                "10.1.1.1".to_string()
+            }
+        };
+        let expected: Vec<String> = log.iter().map(|(_, n)| lane(*n)).collect();
+        let cfg = config();
+
+        // The passes over a log that keep no client state.
+        let mut lanes = Lanes::new(&cfg.sessions);
+        let passes: Vec<String> = log
+            .iter()
+            .map(|(r, _)| {
+                let (_, target, _) = r.request_parts();
+                let request = LaneRequest {
+                    agent: agent_hash(r.user_agent.as_deref()),
+                    target: target.as_bytes(),
+                    referer: r.referer.as_deref(),
+                    status: r.status,
+                };
+                lanes.key(&r.client, record_time(r), request)
+            })
+            .collect();
+        assert_eq!(passes, expected);
+
+        // Training's replay.
+        let mut miner = Miner::new(MinerConfig::default());
+        for (r, _) in &log {
+            let (m, t, _) = r.request_parts();
+            miner.add(&m, &t, 1, r.status);
+        }
+        let vocabulary = miner.finish();
+        let sessions = Sessions::new(cfg.sessions.clone());
+        let replayed: Vec<String> = log
+            .iter()
+            .map(|(r, _)| pipeline::replay((&vocabulary, 0), &sessions, &r.client, r).0)
+            .collect();
+        assert_eq!(replayed, expected);
+
+        // Serving's two stages (as `vigil score` runs them).
+        let rules = RuleSet::load(&cfg.rules.paths).unwrap();
+        let set = ModelSet::assemble(&cfg, 1, Arc::new(rules), None, None).unwrap();
+        let sessions = Sessions::new(cfg.sessions.clone());
+        let served: Vec<String> = log
+            .iter()
+            .map(|(r, _)| pipeline::score_record(&set, &sessions, r).0.session_key)
+            .collect();
+        assert_eq!(served, expected);
+        // Later than `idle_ttl` after the home page, following it is no longer a click.
+        let late = rec(0, "/products/2", 200, &home, CHROME);
+        let late = Record {
+            time: late.time + chrono::Duration::seconds(cfg.sessions.idle_ttl as i64 + 60),
+            ..late
+        };
+        assert_eq!(
+            pipeline::score_record(&set, &sessions, &late).0.session_key,
+            lane(false)
+        );
+    }
+
+    #[test]
     fn trains_on_clean_traffic_and_flags_a_scanner() {
         // A day of traffic: twenty clients, each making a request every ten minutes and
         // visiting every kind of page in turn.

@@ -268,6 +268,9 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(pre) = &ctx.pre {
+            pipeline::responded(&self.shared.sessions, pre, resp.status.as_u16());
+        }
         if ctx.models.policy.tag_response() {
             if let Some(pre) = ctx.pre.as_ref().filter(|p| tagging(ctx.mode, p)) {
                 for (k, v) in verdict_headers(pre, &ctx.models) {
