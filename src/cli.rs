@@ -655,6 +655,7 @@ pub fn scored_json(
         "referer": opt(&r.referer),
         "user_agent": opt(&r.user_agent),
         "template": template,
+        "lane": pre.lane(),
         "rules": {
             "score": pre.decision.score,
             "threshold": pre.decision.threshold,

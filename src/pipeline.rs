@@ -252,6 +252,18 @@ pub fn replay(
     (lane_key.to_string(), facts.template, arrival, post)
 }
 
+impl Pre {
+    /// The request's lane (`Sessions::lane`): `"navigation"` when it followed a page its
+    /// client was served, else `"direct"`; for the logs, to read its detectors' scores.
+    pub fn lane(&self) -> &'static str {
+        if self.session_key == self.pages_key {
+            "direct"
+        } else {
+            "navigation"
+        }
+    }
+}
+
 /// Score a request before it goes upstream, and record its arrival in the client's state.
 pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> Pre {
     let now = seconds(&input.time);

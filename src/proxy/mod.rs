@@ -582,6 +582,7 @@ fn decision_json(
         "matches": d.map(|d| &d.matches),
         "excluded": d.map_or(0, |d| d.excluded),
         "template": template,
+        "lane": pre.map(Pre::lane),
         "escalated": pre.is_some_and(|p| p.escalated),
         "escalated_now": post.is_some_and(|p| p.escalated_now),
         "pre": pre.map(|p| &p.verdict),

@@ -75,6 +75,7 @@ fn every_line_gets_an_object_in_order_with_the_forests_input() {
     );
     assert!(out[2].get("verdict").is_none());
     assert_eq!(out[1]["template"], "GET /products/<num>");
+    assert_eq!(out[1]["lane"], "direct", "{}", out[1]);
     assert_eq!(out[1]["verdict"]["anomaly"], false, "{}", out[1]);
     assert_eq!(out[3]["verdict"]["anomaly"], true, "{}", out[3]);
     assert_eq!(out[3]["rules"]["vote"], true);

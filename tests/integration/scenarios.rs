@@ -431,6 +431,7 @@ fn a_scanner_behind_an_address_does_not_make_suspects_of_the_people_following_li
     assert!(escalated, "the scanner is escalated");
     let (status, d) = req(&v, office, "GET", "/about", BROWSER_UA, 200);
     assert_eq!(status, 403, "its next direct request is blocked: {d}");
+    assert_eq!(d["lane"], "direct", "{d}");
     // The colleague follows links from the pages it was served: its own lane, which the
     // scanner's errors did not fill.
     let product = "/products/1042";
@@ -445,6 +446,7 @@ fn a_scanner_behind_an_address_does_not_make_suspects_of_the_people_following_li
         let (got, d) = req_from(&v, office, method, target, BROWSER_UA, status, Some(from));
         assert_eq!(got, status, "{target}: {d}");
         assert!(!flagged(&d), "{target}: {d}");
+        assert_eq!(d["lane"], "navigation", "{target}: {d}");
     }
     // A referer naming a page never served to this address and agent is no link followed.
     let (status, d) = req_from(
