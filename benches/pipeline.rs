@@ -260,7 +260,7 @@ fn session_memory(_: &mut Criterion) {
                 fill(c);
                 if browsing {
                     for p in 0..vigil::session::PAGES as u32 {
-                        c.pages.note(1.0, p);
+                        c.pages.note(1.0, 7, p);
                     }
                 }
             });

@@ -242,12 +242,12 @@ pub fn replay(
         let a = arrive(c, &facts, vocabulary.1, now, sessions.config(), agent);
         let post = respond(c, &a.features, &response, now);
         if let (None, Some(page)) = (&lane, page) {
-            c.pages.note(now, page);
+            c.pages.note(now, agent, page);
         }
         (a, post)
     });
     if let (Some(_), Some(page)) = (&lane, page) {
-        sessions.note_page(key, now, page);
+        sessions.note_page(key, now, agent, page);
     }
     (lane_key.to_string(), facts.template, arrival, post)
 }
@@ -383,7 +383,7 @@ fn action(models: &ModelSet, d: &Decision, v: &Verdict, escalated: bool) -> Acti
 /// it right after the request, the same order.
 pub fn responded(sessions: &Sessions, pre: &Pre, status: u16) {
     if fetched(status) {
-        sessions.note_page(&pre.pages_key, pre.now, pre.page);
+        sessions.note_page(&pre.pages_key, pre.now, pre.agent, pre.page);
     }
 }
 

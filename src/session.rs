@@ -178,29 +178,55 @@ pub const PAGES: usize = 32;
 pub struct Pages {
     /// Seconds (request clock) the times of `entries` count from.
     origin: f64,
-    /// `page_hash` and seconds after `origin`; most recent last, at most `PAGES`.
-    entries: Vec<(u32, f32)>,
+    /// Most recent last, at most `PAGES`.
+    entries: Vec<Page>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Page {
+    /// `page_hash` of agent and target.
+    hash: u32,
+    /// `agent_hash` of the user agent it was served to.
+    agent: u32,
+    /// Seconds after `Pages::origin`.
+    at: f32,
 }
 
 impl Pages {
-    /// Remember that `page` was fetched at `now`.
-    pub fn note(&mut self, now: f64, page: u32) {
+    /// Remember that `page` (`page_hash`) was fetched by `agent` at `now`. When full, an agent
+    /// holding half the pages gives up its own oldest, anyone else the oldest of all: one user
+    /// agent answered 2xx/3xx fast (a crawler, a scanner whose probes are redirected) cannot
+    /// push its neighbours' pages out, and their clicks stay in the navigation lane.
+    pub fn note(&mut self, now: f64, agent: u32, page: u32) {
         if self.entries.is_empty() {
             self.origin = now;
         }
-        if let Some(i) = self.entries.iter().position(|e| e.0 == page) {
+        if let Some(i) = self.entries.iter().position(|e| e.hash == page) {
             self.entries.remove(i);
         } else if self.entries.len() >= PAGES {
-            self.entries.remove(0);
+            let own = self.entries.iter().filter(|e| e.agent == agent).count();
+            let i = if own >= PAGES / 2 {
+                self.entries
+                    .iter()
+                    .position(|e| e.agent == agent)
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            self.entries.remove(i);
         }
-        self.entries.push((page, (now - self.origin) as f32));
+        self.entries.push(Page {
+            hash: page,
+            agent,
+            at: (now - self.origin) as f32,
+        });
     }
 
     /// Whether `page` was fetched at most `within` seconds before `now`.
     pub fn fetched(&self, now: f64, page: u32, within: f64) -> bool {
         self.entries
             .iter()
-            .any(|&(p, at)| p == page && now - (self.origin + f64::from(at)) <= within)
+            .any(|e| e.hash == page && now - (self.origin + f64::from(e.at)) <= within)
     }
 
     /// When the latest page was fetched (negative infinity for none).
@@ -208,7 +234,7 @@ impl Pages {
         // The latest noted is not always the newest: responses finish out of order.
         self.entries
             .iter()
-            .map(|&(_, at)| self.origin + f64::from(at))
+            .map(|e| self.origin + f64::from(e.at))
             .fold(f64::NEG_INFINITY, f64::max)
     }
 }
@@ -283,7 +309,7 @@ impl Lanes {
             self.pages
                 .entry(key.to_string())
                 .or_default()
-                .note(now, page);
+                .note(now, request.agent, page);
         }
         if follows {
             navigation_key(key)
@@ -311,7 +337,8 @@ impl LaneRequest<'_> {
             .map(|t| page_hash(self.agent, t))
     }
 
-    /// The page it fetched, when answered 2xx/3xx: what a later request may follow.
+    /// The page it fetched (`page_hash`), when answered 2xx/3xx: what a later request may
+    /// follow.
     pub fn fetched(&self) -> Option<u32> {
         (100..400)
             .contains(&self.status)
@@ -595,7 +622,7 @@ impl ClientState {
                 .iter()
                 .map(|s| s.recent.capacity() * std::mem::size_of::<TemplateId>())
                 .sum::<usize>()
-            + self.pages.entries.capacity() * std::mem::size_of::<(u32, f32)>()
+            + self.pages.entries.capacity() * std::mem::size_of::<Page>()
     }
 
     /// When the client was last heard of in this entry: a request, or a page fetched in its
@@ -817,9 +844,9 @@ impl Sessions {
             .then(|| navigation_key(key))
     }
 
-    /// Remember that the client `key` was answered 2xx/3xx for `page` (`page_hash`).
-    pub fn note_page(&self, key: &str, now: f64, page: u32) {
-        self.with(key, now, |c| c.pages.note(now, page));
+    /// Remember that the client `key` was answered 2xx/3xx for `page` (`page_hash`) by `agent`.
+    pub fn note_page(&self, key: &str, now: f64, agent: u32, page: u32) {
+        self.with(key, now, |c| c.pages.note(now, agent, page));
     }
 
     /// A copy of a client's state, if known and not expired.
@@ -1066,12 +1093,12 @@ mod tests {
         // of it the four route bursts, a fifth the strikes of four user agents, a quarter the
         // agent's own window), plus its key and the map entry.
         assert!(c.size_bytes() <= 672, "{}", c.size_bytes());
-        // The pages it was served add 8 bytes each, up to `PAGES`.
+        // The pages it was served add 12 bytes each, up to `PAGES`.
         let bare = c.size_bytes();
         for i in 0..2 * PAGES as u32 {
-            c.pages.note(f64::from(i), i);
+            c.pages.note(f64::from(i), 7, i);
         }
-        assert_eq!(c.size_bytes() - bare, PAGES * 8);
+        assert_eq!(c.size_bytes() - bare, PAGES * 12);
         // Each further user agent adds its own window and slot, up to `SEQUENCE_AGENTS`.
         let one = c.size_bytes();
         for agent in 0..2 * SEQUENCE_AGENTS as u32 {
@@ -1156,7 +1183,7 @@ mod tests {
         let (browser, other) = (11, 22);
         let home = Some(&b"https://shop.example.com/"[..]);
         assert_eq!(s.lane("a", 0.0, browser, home), None, "nothing fetched yet");
-        s.note_page("a", 1.0, page_hash(browser, b"/"));
+        s.note_page("a", 1.0, browser, page_hash(browser, b"/"));
         assert_eq!(s.lane("a", 2.0, browser, home), Some(navigation_key("a")));
         assert_eq!(
             s.lane("a", 2.0, browser, Some(b"/")),
@@ -1171,10 +1198,10 @@ mod tests {
         assert_eq!(s.lane("a", 102.0, browser, home), None);
         // A client's entry that expired keeps its pages: a client that only follows links
         // has none of its own requests in it.
-        s.note_page("a", 150.0, page_hash(browser, b"/cart"));
+        s.note_page("a", 150.0, browser, page_hash(browser, b"/cart"));
         s.with("a", 260.0, |c| c.observe_request(260.0, TemplateId(1), 20));
         assert_eq!(s.lane("a", 261.0, browser, Some(b"/cart")), None, "too old");
-        s.note_page("a", 300.0, page_hash(browser, b"/cart"));
+        s.note_page("a", 300.0, browser, page_hash(browser, b"/cart"));
         s.with("a", 380.0, |c| assert_eq!(c.requests, 0, "expired"));
         assert_eq!(
             s.lane("a", 390.0, browser, Some(b"/cart")),
@@ -1186,15 +1213,40 @@ mod tests {
     fn a_client_remembers_its_last_pages() {
         let mut p = Pages::default();
         for i in 0..PAGES as u32 + 5 {
-            p.note(1_000_000.0 + f64::from(i), i);
+            p.note(1_000_000.0 + f64::from(i), 7, i);
         }
         assert_eq!(p.entries.len(), PAGES);
         assert!(!p.fetched(1_000_100.0, 4, 1e9), "the oldest are forgotten");
         assert!(p.fetched(1_000_100.0, 5, 1e9));
         // Fetched again, a page is recent again.
-        p.note(2_000_000.0, 5);
+        p.note(2_000_000.0, 7, 5);
         assert!(p.fetched(2_000_050.0, 5, 100.0));
         assert!(!p.fetched(2_000_050.0, 6, 100.0));
         assert_eq!(p.entries.len(), PAGES);
+    }
+
+    #[test]
+    fn one_agent_served_fast_does_not_push_out_its_neighbours_pages() {
+        let (browser, crawler) = (11, 22);
+        let mut p = Pages::default();
+        for i in 0..8 {
+            p.note(f64::from(i), browser, 1000 + i);
+        }
+        // A crawler's thousand redirects: it keeps recycling its own half of the pages.
+        for i in 0..1000 {
+            p.note(10.0 + f64::from(i), crawler, i);
+        }
+        assert_eq!(p.entries.len(), PAGES);
+        assert!(
+            (0..8).all(|i| p.fetched(1100.0, 1000 + i, 1e9)),
+            "the browser's pages stay"
+        );
+        assert!(p.fetched(1100.0, 999, 1e9) && !p.fetched(1100.0, 0, 1e9));
+        // A client of one agent keeps its last `PAGES` pages, as before.
+        let mut one = Pages::default();
+        for i in 0..100 {
+            one.note(f64::from(i), browser, i);
+        }
+        assert!((68..100).all(|i| one.fetched(100.0, i, 1e9)) && !one.fetched(100.0, 67, 1e9));
     }
 }
