@@ -28,7 +28,7 @@ use crate::policy::{Action, Decision};
 use crate::record::Record;
 use crate::request::HttpRequest;
 use crate::session::{
-    agent_hash, page_hash, ClientState, SessionConfig, SessionKey, Sessions, Site,
+    agent_hash, page_hash, served, ClientState, SessionConfig, SessionKey, Sessions, Site,
 };
 use crate::template::{RouteStats, TemplateId, Vocabulary};
 
@@ -62,9 +62,10 @@ pub struct Pre {
     /// The key of the request's lane (`Sessions::lane`): what its state is kept under.
     #[serde(skip)]
     pub session_key: String,
-    /// The client's own session key, under which its pages are kept (the direct lane's).
+    /// The request followed a page its client was served (`session_key` is the navigation
+    /// lane's; the client's pages are kept under `session::client_key` of it).
     #[serde(skip)]
-    pages_key: String,
+    navigation: bool,
     /// The target as its client's pages remember it, once answered 2xx/3xx (`page_hash`).
     #[serde(skip)]
     page: u32,
@@ -237,7 +238,7 @@ pub fn replay(
     );
     let lane = sessions.lane(key, now, agent, r.referer.as_deref());
     let lane_key = lane.as_deref().unwrap_or(key);
-    let page = fetched(r.status).then(|| page_hash(agent, target.as_bytes()));
+    let page = served(r.status).then(|| page_hash(agent, target.as_bytes()));
     let (arrival, post) = sessions.with(lane_key, now, |c| {
         let a = arrive(c, &facts, vocabulary.1, now, sessions.config(), agent);
         let post = respond(c, &a.features, &response, now);
@@ -256,10 +257,10 @@ impl Pre {
     /// The request's lane (`Sessions::lane`): `"navigation"` when it followed a page its
     /// client was served, else `"direct"`; for the logs, to read its detectors' scores.
     pub fn lane(&self) -> &'static str {
-        if self.session_key == self.pages_key {
-            "direct"
-        } else {
+        if self.navigation {
             "navigation"
+        } else {
+            "direct"
         }
     }
 }
@@ -290,10 +291,10 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
 
     let learned = models.learned.as_deref();
     let agent = agent_hash(input.request.header("user-agent"));
-    let pages_key = session_key(sessions, input);
-    let key = sessions
-        .lane(&pages_key, now, agent, input.request.header("referer"))
-        .unwrap_or_else(|| pages_key.clone());
+    let client_key = session_key(sessions, input);
+    let lane = sessions.lane(&client_key, now, agent, input.request.header("referer"));
+    let navigation = lane.is_some();
+    let key = lane.unwrap_or(client_key);
     let client = crate::session::key_hash(&key);
     let vocabulary = learned.map(|l| (&l.vocabulary, l.vocabulary_tag));
     let facts = request_facts(
@@ -345,7 +346,7 @@ pub fn pre(models: &ModelSet, sessions: &Sessions, input: &RequestInput<'_>) -> 
         template,
         escalated,
         session_key: key,
-        pages_key,
+        navigation,
         page: page_hash(agent, &input.request.target),
         client,
         now,
@@ -382,14 +383,10 @@ fn action(models: &ModelSet, d: &Decision, v: &Verdict, escalated: bool) -> Acti
 /// browser asks for a page's assets while the page is still arriving; replays of a log note
 /// it right after the request, the same order.
 pub fn responded(sessions: &Sessions, pre: &Pre, status: u16) {
-    if fetched(status) {
-        sessions.note_page(&pre.pages_key, pre.now, pre.agent, pre.page);
+    if served(status) {
+        let key = crate::session::client_key(&pre.session_key);
+        sessions.note_page(key, pre.now, pre.agent, pre.page);
     }
-}
-
-/// A status that served what was asked for (not 0: no response at all).
-fn fetched(status: u16) -> bool {
-    (100..400).contains(&status)
 }
 
 /// Complete the record with what was sent back, update the client's state, and judge it.

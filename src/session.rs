@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
+use crate::record::Record;
 use crate::template::TemplateId;
 
 /// How requests are grouped into one client.
@@ -283,6 +284,11 @@ pub fn navigation_key(key: &str) -> String {
     format!("{key}{NAVIGATION}")
 }
 
+/// The client's own session key (its direct lane's) of a lane's key.
+pub fn client_key(lane: &str) -> &str {
+    lane.strip_suffix(NAVIGATION).unwrap_or(lane)
+}
+
 /// The lanes of a log's requests, in order, as `Sessions::lane` puts them, for passes over a
 /// log that keep no other client state (training's route statistics, the eval's baseline).
 pub struct Lanes {
@@ -298,18 +304,26 @@ impl Lanes {
         }
     }
 
-    /// The key of the lane of the next request of the log, whose client's session key is `key`.
-    pub fn key(&mut self, key: &str, now: f64, request: LaneRequest<'_>) -> String {
-        let follows = request.follows().is_some_and(|page| {
-            self.pages
-                .get(key)
-                .is_some_and(|p| p.fetched(now, page, self.within))
-        });
-        if let Some(page) = request.fetched() {
-            self.pages
-                .entry(key.to_string())
-                .or_default()
-                .note(now, request.agent, page);
+    /// The key of the lane of `r`, the next request of the log, whose client's session key is
+    /// `key`; `now` is its time.
+    pub fn key(&mut self, key: &str, now: f64, r: &Record) -> String {
+        let agent = agent_hash(r.user_agent.as_deref());
+        let follows = r
+            .referer
+            .as_deref()
+            .and_then(referer_target)
+            .is_some_and(|t| {
+                self.pages
+                    .get(key)
+                    .is_some_and(|p| p.fetched(now, page_hash(agent, t), self.within))
+            });
+        if served(r.status) {
+            let (_, target, _) = r.request_parts();
+            self.pages.entry(key.to_string()).or_default().note(
+                now,
+                agent,
+                page_hash(agent, target.as_bytes()),
+            );
         }
         if follows {
             navigation_key(key)
@@ -319,31 +333,10 @@ impl Lanes {
     }
 }
 
-/// What decides a request's lane: its user agent, target and referer, and the status it got.
-#[derive(Debug, Clone, Copy)]
-pub struct LaneRequest<'a> {
-    /// `agent_hash` of the user agent.
-    pub agent: u32,
-    pub target: &'a [u8],
-    pub referer: Option<&'a [u8]>,
-    pub status: u16,
-}
-
-impl LaneRequest<'_> {
-    /// The page its referer names, as `Pages` keys it.
-    pub fn follows(&self) -> Option<u32> {
-        self.referer
-            .and_then(referer_target)
-            .map(|t| page_hash(self.agent, t))
-    }
-
-    /// The page it fetched (`page_hash`), when answered 2xx/3xx: what a later request may
-    /// follow.
-    pub fn fetched(&self) -> Option<u32> {
-        (100..400)
-            .contains(&self.status)
-            .then(|| page_hash(self.agent, self.target))
-    }
+/// Whether a response served what was asked for, a page a later request may follow: 2xx/3xx
+/// (not 0, no response at all).
+pub fn served(status: u16) -> bool {
+    (100..400).contains(&status)
 }
 
 /// Templates whose 10 s counts a client keeps (`ClientState::bursts`). A new template takes the

@@ -20,7 +20,7 @@ use crate::learn::{self, TrainConfig};
 use crate::models::ModelSet;
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::{agent_hash, LaneRequest, Lanes, Sessions};
+use crate::session::{agent_hash, Lanes, Sessions};
 use crate::template::TemplateId;
 
 use super::EvalError;
@@ -242,16 +242,9 @@ pub fn evaluate(
     let train_keys: Vec<(String, u32)> = train_records
         .iter()
         .map(|r| {
-            let (_, target, _) = r.request_parts();
-            let agent = agent_hash(r.user_agent.as_deref());
-            let request = LaneRequest {
-                agent,
-                target: target.as_bytes(),
-                referer: r.referer.as_deref(),
-                status: r.status,
-            };
             let key = keys.key(&r.client, r.user_agent.as_deref(), None, None);
-            (lanes.key(&key, pipeline::seconds(&r.time), request), agent)
+            let lane = lanes.key(&key, pipeline::seconds(&r.time), r);
+            (lane, agent_hash(r.user_agent.as_deref()))
         })
         .collect();
     let mut seqs: HashMap<(String, u32), Vec<TemplateId>> = HashMap::new();

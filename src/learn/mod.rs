@@ -27,9 +27,7 @@ pub struct Trained {
 use crate::detectors::transformer::{FreshStart, Transformer};
 use crate::pipeline;
 use crate::record::Record;
-use crate::session::{
-    agent_hash, key_hash, Decayed, LaneRequest, Lanes, SessionConfig, Sessions, TAU_SHORT,
-};
+use crate::session::{agent_hash, key_hash, Decayed, Lanes, SessionConfig, Sessions, TAU_SHORT};
 use crate::template::{
     status_bucket, Miner, MinerConfig, RouteStats, TemplateId, Vocabulary, STATUS_BUCKETS,
 };
@@ -121,7 +119,7 @@ impl Established {
 
 /// Seconds since the epoch, with milliseconds, of a record.
 pub fn record_time(r: &Record) -> f64 {
-    r.time.timestamp() as f64 + r.time.timestamp_subsec_millis() as f64 / 1000.0
+    pipeline::seconds(&r.time)
 }
 
 /// One request through templates, session and features, exactly as the proxy does it
@@ -160,14 +158,7 @@ fn session_clients(sessions: &Sessions, records: &[&Record]) -> Vec<u64> {
         .iter()
         .map(|r| {
             let key = sessions.key(&r.client, r.user_agent.as_deref(), None, None);
-            let (_, target, _) = r.request_parts();
-            let request = LaneRequest {
-                agent: agent_hash(r.user_agent.as_deref()),
-                target: target.as_bytes(),
-                referer: r.referer.as_deref(),
-                status: r.status,
-            };
-            key_hash(lanes.key(&key, record_time(r), request))
+            key_hash(lanes.key(&key, record_time(r), r))
         })
         .collect()
 }
@@ -615,16 +606,7 @@ mod tests {
         let mut lanes = Lanes::new(&cfg.sessions);
         let passes: Vec<String> = log
             .iter()
-            .map(|(r, _)| {
-                let (_, target, _) = r.request_parts();
-                let request = LaneRequest {
-                    agent: agent_hash(r.user_agent.as_deref()),
-                    target: target.as_bytes(),
-                    referer: r.referer.as_deref(),
-                    status: r.status,
-                };
-                lanes.key(&r.client, record_time(r), request)
-            })
+            .map(|(r, _)| lanes.key(&r.client, record_time(r), r))
             .collect();
         assert_eq!(passes, expected);
 
