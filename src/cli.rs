@@ -532,7 +532,7 @@ fn train(
         None => "no transformer".to_string(),
     };
     println!(
-        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; {} in waves of authentication failures, which the post forest is not trained on; forest thresholds pre {:.4} / post {:.4} ({} / {} established clients with higher ones of their own); {transformer}; {:.1} s; written to {}",
+        "trained on {} of {} requests ({} excluded by the rules), {} clients, {} templates, {:.1}% unknown; {} in waves of authentication failures, which the post forest is not trained on; forest thresholds pre {:.4} / post {:.4} ({} / {} established clients with higher ones of their own, {} / {} with feature bounds of their own); {transformer}; {:.1} s; written to {}",
         s.records - s.excluded_by_rules,
         s.records,
         s.excluded_by_rules,
@@ -544,6 +544,8 @@ fn train(
         learned.post.threshold(),
         learned.pre.clients_with_own_threshold(),
         learned.post.clients_with_own_threshold(),
+        learned.pre.clients_with_own_bounds(),
+        learned.post.clients_with_own_bounds(),
         t0.elapsed().as_secs_f64(),
         out.display()
     );

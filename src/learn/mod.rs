@@ -9,7 +9,7 @@ pub mod transformer;
 use std::collections::{HashMap, HashSet};
 
 use crate::config::Inspection;
-use crate::detectors::forest::{ForestError, ForestModel, TrainOptions};
+use crate::detectors::forest::{self, ForestError, ForestModel, TrainOptions};
 use crate::detectors::rules::RuleSet;
 use crate::eval::request_from_record;
 use crate::features::{
@@ -343,6 +343,7 @@ pub fn train(
     let mut open: HashMap<(u64, u32), usize> = HashMap::new();
     let mut pre = Vec::with_capacity(clean.len());
     let mut post = Vec::with_capacity(clean.len());
+    let mut hours = Vec::with_capacity(clean.len());
     let mut unknown = 0usize;
     let mut clients = HashSet::new();
     let mut established = Established::default();
@@ -364,6 +365,7 @@ pub fn train(
         unknown += (template == TemplateId::UNKNOWN) as usize;
         pre.push((c, p));
         post.push((c, q));
+        hours.push((record_time(r) / 3600.0).floor() as i64);
         if n % 5000 == 0 {
             progress("sessions", n, clean.len());
         }
@@ -371,8 +373,13 @@ pub fn train(
     progress("sessions", clean.len(), clean.len());
     progress("forest", 0, 2);
     let established = established.into_set();
-    let pre_model = ForestModel::train(&pre, &cfg.forest, &established, &PRE_FLOORED)
-        .map_err(LearnError::PreForest)?;
+    let pre_model = ForestModel::train(
+        &pre,
+        &cfg.forest,
+        &forest::Established::with_routine(established.clone(), &pre, &hours),
+        &PRE_FLOORED,
+    )
+    .map_err(LearnError::PreForest)?;
     progress("forest", 1, 2);
     // Waves of authentication failures are left out of the post forest's training sample
     // (see `in_failure_wave`). Measured on four simulated sites, credential stuffing's request
@@ -385,7 +392,7 @@ pub fn train(
     let post_model = ForestModel::train_leaving_out(
         &post,
         &cfg.forest,
-        &established,
+        &forest::Established::with_routine(established, &post, &hours),
         &POST_FLOORED,
         in_failure_wave,
     )

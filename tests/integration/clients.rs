@@ -1,6 +1,7 @@
 //! Established clients are judged against their own normal: a model set trained by `vigil
-//! train` on a log in which a partner integration syncs all day gives that client its own,
-//! higher forest thresholds, and the proxy applies them to it and to no one else.
+//! train` on a log in which a partner integration syncs all day gives that client feature
+//! bounds of its own (`forest::Established`), and the proxy applies them to it and to no one
+//! else.
 
 use crate::harness::{repo, request_id, send, train_models, Setup, Upstream, Vigil};
 
@@ -25,8 +26,8 @@ fn training_log() -> String {
     log
 }
 
-/// The raw thresholds the two forests judged one stock update from `client` by.
-fn stock_update(v: &Vigil, client: &str, n: u32) -> [f64; 2] {
+/// The two forests' raw scores and raw thresholds for one stock update from `client`.
+fn stock_update(v: &Vigil, client: &str, n: u32) -> [(f64, f64); 2] {
     let id = format!("c-{}", request_id());
     let r = send(
         v.addr,
@@ -36,51 +37,45 @@ fn stock_update(v: &Vigil, client: &str, n: u32) -> [f64; 2] {
     );
     assert_eq!(r.status, 200, "only the forests judge here, and they tag");
     let d = v.decision(&id);
-    let threshold = |stage: &str, name: &str| {
-        d[stage]["detectors"]
+    let judged = |stage: &str, name: &str| {
+        let x = d[stage]["detectors"]
             .as_array()
             .and_then(|a| a.iter().find(|x| x["detector"] == name))
-            .and_then(|x| x["raw_threshold"].as_f64())
-            .unwrap_or_else(|| panic!("no {name} threshold in {d}"))
+            .unwrap_or_else(|| panic!("no {name} in {d}"));
+        match (x["raw"].as_f64(), x["raw_threshold"].as_f64()) {
+            (Some(raw), Some(t)) => (raw, t),
+            _ => panic!("no {name} score in {d}"),
+        }
     };
-    [
-        threshold("pre", "forest_pre"),
-        threshold("post", "forest_post"),
-    ]
+    [judged("pre", "forest_pre"), judged("post", "forest_post")]
 }
 
-/// The site's and the ERP's own raw thresholds in a forest file.
-fn thresholds(file: &std::path::Path) -> (f64, f64) {
+/// The site's raw threshold in a forest file, after checking that the ERP has feature bounds
+/// of its own there (its routine: runs of stock updates) and the stranger none.
+fn site_threshold(file: &std::path::Path) -> f64 {
     let f: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(file).expect("forest file")).expect("json");
-    let site = f["threshold"].as_f64().expect("threshold");
-    let own = f["own"][vigil::session::key_hash(ERP).to_string()]
-        .as_f64()
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: the ERP has no threshold of its own: {}",
-                file.display(),
-                f["own"]
-            )
-        });
-    assert!(own > site, "own {own}, site {site}");
-    assert_eq!(
-        f["own"].as_object().map(|o| o.len()),
-        Some(1),
-        "only the ERP is established and odd"
+    let routine = &f["routine"];
+    assert!(
+        routine[vigil::session::key_hash(ERP).to_string()].is_array(),
+        "{}: the ERP has no bounds of its own: {routine}",
+        file.display()
     );
-    (site, own)
+    assert!(routine[vigil::session::key_hash(STRANGER).to_string()].is_null());
+    f["threshold"].as_f64().expect("threshold")
 }
 
 #[test]
-fn an_established_client_is_judged_against_its_own_threshold() {
+fn an_established_client_is_judged_against_its_own_routine() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("train.log");
     std::fs::write(&log, training_log()).expect("write log");
     let models = dir.path().join("models");
     train_models(&models, &log);
-    let (pre_site, pre_own) = thresholds(&models.join("forest_pre.json"));
-    let (post_site, post_own) = thresholds(&models.join("forest_post.json"));
+    let sites = [
+        site_threshold(&models.join("forest_pre.json")),
+        site_threshold(&models.join("forest_post.json")),
+    ];
 
     let up = Upstream::start();
     let v = Setup::new(up.addr)
@@ -90,20 +85,27 @@ fn an_established_client_is_judged_against_its_own_threshold() {
             models.display()
         ))
         .start_with_trusted();
-    // A cold session's first updates, sent back to back, are far from the ERP's training
-    // (its runs always followed earlier ones) and score above both thresholds (raw ~1.1 when
-    // written), so the votes agree: what is asserted is which threshold judges each client.
-    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    // The same updates, back to back, from the ERP and from a stranger: the same features but
+    // for the moments they arrive. On this site hardly anyone sends a PUT, and no one else
+    // runs of them, so for the stranger they lie beyond the site's feature bounds; for the
+    // ERP they are within its own. Both are judged by the site's thresholds: its runs are
+    // odd for the site only in what its bounds now cover.
     for n in 0..5 {
-        let [pre, post] = stock_update(&v, ERP, 5000 + n);
-        assert!(
-            close(pre, pre_own) && close(post, post_own),
-            "the ERP is judged by {pre} / {post}"
-        );
-        let [pre, post] = stock_update(&v, STRANGER, 6000 + n);
-        assert!(
-            close(pre, pre_site) && close(post, post_site),
-            "a stranger is judged by {pre} / {post}"
-        );
+        let erp = stock_update(&v, ERP, 5000 + n);
+        let stranger = stock_update(&v, STRANGER, 6000 + n);
+        for ((e, s), site) in erp.iter().zip(&stranger).zip(sites) {
+            assert!(
+                (e.1 - site).abs() < 1e-9 && (s.1 - site).abs() < 1e-9,
+                "judged by {} / {}, the site's is {site}",
+                e.1,
+                s.1
+            );
+            assert!(
+                s.0 > e.0 + 0.5,
+                "update {n}: the stranger scores {}, the ERP {}",
+                s.0,
+                e.0
+            );
+        }
     }
 }
