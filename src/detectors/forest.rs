@@ -86,7 +86,7 @@ pub struct ForestModel<const N: usize> {
     /// own normal is above the site's: see `own_thresholds`.
     own: HashMap<u64, f64>,
     /// Feature bounds of established clients whose routine lies beyond the site's: see
-    /// `Established::routine`.
+    /// `Established`.
     routine: HashMap<u64, Vec<f64>>,
 }
 
@@ -685,7 +685,6 @@ impl<const N: usize> ForestModel<N> {
     }
 
     /// Score a vector of `client` (`session::key_hash` of its session key): against its own
-    /// threshold when training found one.
     /// threshold and feature bounds when training found them.
     pub fn score_for(&self, client: u64, v: &[f64; N]) -> Score {
         let t = if self.own.is_empty() {
