@@ -90,15 +90,15 @@ impl TrainConfig {
 /// episodes are short; a partner's poller runs all day).
 const ESTABLISHED_HOURS: usize = 4;
 
-/// The clients established in a log: active in at least `ESTABLISHED_HOURS` distinct clock
-/// hours of it.
+/// The distinct clock hours (`clock_hour`) each client of a log was active in, up to
+/// `ESTABLISHED_HOURS`: which clients are established in it. (The forests' own
+/// `forest::Established` adds what each of them does routinely.)
 #[derive(Default)]
-struct Established(HashMap<u64, Vec<i64>>);
+struct ActiveHours(HashMap<u64, Vec<i64>>);
 
-impl Established {
-    fn note(&mut self, client: u64, now: f64) {
+impl ActiveHours {
+    fn note(&mut self, client: u64, hour: i64) {
         let seen = self.0.entry(client).or_default();
-        let hour = (now / 3600.0).floor() as i64;
         if seen.len() < ESTABLISHED_HOURS && !seen.contains(&hour) {
             seen.push(hour);
         }
@@ -108,13 +108,18 @@ impl Established {
         self.0.get(&client).map_or(0, Vec::len) >= ESTABLISHED_HOURS
     }
 
-    fn into_set(self) -> HashSet<u64> {
+    fn established(self) -> HashSet<u64> {
         self.0
             .into_iter()
             .filter(|(_, h)| h.len() >= ESTABLISHED_HOURS)
             .map(|(c, _)| c)
             .collect()
     }
+}
+
+/// The clock hour of a record, as a count of hours since the epoch.
+fn clock_hour(r: &Record) -> i64 {
+    (record_time(r) / 3600.0).floor() as i64
 }
 
 /// Seconds since the epoch, with milliseconds, of a record.
@@ -179,9 +184,9 @@ fn route_stats(vocab: &Vocabulary, records: &[&Record], sessions: &Sessions) -> 
         bursts: HashMap<u64, f32>,
     }
     let clients = session_clients(sessions, records);
-    let mut established = Established::default();
+    let mut established = ActiveHours::default();
     for (r, &c) in records.iter().zip(&clients) {
-        established.note(c, record_time(r));
+        established.note(c, clock_hour(r));
     }
     let mut acc = vec![Acc::default(); vocab.len()];
     let mut per_client: HashMap<(u64, u32), u32> = HashMap::new();
@@ -346,12 +351,13 @@ pub fn train(
     let mut hours = Vec::with_capacity(clean.len());
     let mut unknown = 0usize;
     let mut clients = HashSet::new();
-    let mut established = Established::default();
+    let mut established = ActiveHours::default();
     for (n, r) in clean.iter().enumerate() {
         let (key, template, fresh, p, q) = step(&vocabulary, &sessions, r);
         let c = key_hash(&key);
         clients.insert(c);
-        established.note(c, record_time(r));
+        let hour = clock_hour(r);
+        established.note(c, hour);
         let agent = agent_hash(r.user_agent.as_deref());
         let at = match open.get(&(c, agent)) {
             Some(&i) if !fresh => i,
@@ -365,14 +371,14 @@ pub fn train(
         unknown += (template == TemplateId::UNKNOWN) as usize;
         pre.push((c, p));
         post.push((c, q));
-        hours.push((record_time(r) / 3600.0).floor() as i64);
+        hours.push(hour);
         if n % 5000 == 0 {
             progress("sessions", n, clean.len());
         }
     }
     progress("sessions", clean.len(), clean.len());
     progress("forest", 0, 2);
-    let established = established.into_set();
+    let established = established.established();
     let pre_model = ForestModel::train(
         &pre,
         &cfg.forest,
