@@ -24,7 +24,7 @@ pub struct Trained {
     pub learned: Learned,
     pub canaries: Vec<Canary>,
 }
-use crate::detectors::transformer::{FreshStart, Transformer};
+use crate::detectors::transformer::{counted_from, FreshStart, Transformer, Transitions};
 use crate::pipeline;
 use crate::record::Record;
 use crate::session::{agent_hash, key_hash, Decayed, Lanes, SessionConfig, Sessions, TAU_SHORT};
@@ -485,6 +485,7 @@ fn train_transformer(
             train.extend(seqs);
         }
     }
+    let transitions = Transitions::count(&train);
     let (onnx, report) = transformer::train(&train, vocab, lm, |epoch, batch, batches| {
         progress(&format!("transformer {epoch}"), batch, batches)
     })?;
@@ -537,16 +538,32 @@ fn train_transformer(
     };
     // The plain threshold says which templates are ordinary first requests (`FreshStart`);
     // the served calibration is made on the floored NLLs.
-    let plain = calibrate(nlls.iter().map(|&n| f64::from(n)).collect())?;
-    let fresh = FreshStart::of(&model, plain.threshold)?;
+    // The NLLs as served: at least what the counts vouch for at a lane's start
+    // (`Transitions`). The plain threshold of those says which templates are ordinary first
+    // requests (`FreshStart`); the served calibration is made on the NLLs floored there too.
+    let counted: Vec<f32> = items
+        .iter()
+        .zip(&nlls)
+        .map(
+            |((ctx, start, t), &n)| match counted_from(ctx.len(), ctx.last().copied(), *start) {
+                Some(p) => n.max(transitions.nll(p, *t)),
+                None => n,
+            },
+        )
+        .collect();
+    let plain = calibrate(counted.iter().map(|&n| f64::from(n)).collect())?;
+    let fresh = FreshStart::of(&model, plain.threshold, Some(&transitions))?;
     let calibration = calibrate(
         items
             .iter()
-            .zip(&nlls)
+            .zip(&counted)
             .map(|((_, _, t), &n)| f64::from(fresh.apply(*t, n)))
             .collect(),
     )?;
-    Ok((Transformer::floored(model, calibration, fresh), onnx))
+    Ok((
+        Transformer::floored(model, calibration, fresh, Some(transitions)),
+        onnx,
+    ))
 }
 
 #[cfg(test)]

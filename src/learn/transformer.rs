@@ -1469,7 +1469,7 @@ mod tests {
         assert!(fresh[HOME as usize] < 2.0, "{fresh:?}");
         assert!(fresh[PAY as usize] > 4.0, "{fresh:?}");
 
-        let floor = FreshStart::of(&m, 3.0).unwrap();
+        let floor = FreshStart::of(&m, 3.0, None).unwrap();
         assert!(floor.opener(HOME).is_some() && floor.opener(PAY).is_none());
         // HOME where PAY was due: surprising after the context, ordinary as a new visit.
         let home_mid = m
@@ -1488,7 +1488,7 @@ mod tests {
         // Ids beyond the vocabulary are UNK; a cut at 0 floors nothing.
         assert_eq!(floor.opener(10_000).is_some(), fresh[N_TEMPLATES] < 3.0);
         assert_eq!(
-            FreshStart::of(&m, 0.0).unwrap().apply(HOME, home_mid),
+            FreshStart::of(&m, 0.0, None).unwrap().apply(HOME, home_mid),
             home_mid
         );
 
@@ -1503,13 +1503,14 @@ mod tests {
         let ctx: Vec<TemplateId> = [HOME, BROWSE, PRODUCT, CART, CHECKOUT]
             .map(TemplateId)
             .to_vec();
-        let floored = Transformer::new(load(), calibration).unwrap();
+        let floored = Transformer::new(load(), calibration, None).unwrap();
         let plain = Transformer::new(
             load(),
             NllCalibration {
                 opener_below: None,
                 ..calibration
             },
+            None,
         )
         .unwrap();
         let f = floored.score(&ctx, true, TemplateId(HOME)).unwrap();
@@ -1525,5 +1526,93 @@ mod tests {
             ..calibration
         }
         .valid());
+    }
+
+    #[test]
+    fn at_a_lanes_start_the_counts_vouch_for_what_is_rare() {
+        use crate::detectors::transformer::{
+            counted_from, FreshStart, NllCalibration, Transformer, Transitions,
+        };
+        use crate::template::TemplateId;
+        let data = sessions(400, 7);
+        let counts = Transitions::count(&data);
+        let opened = |t: u32| data.iter().filter(|s| s.first() == Some(&t)).count();
+        // 400 sessions: most open with HOME; PAY opens one only through noise, if at all.
+        assert!(opened(HOME) > 150 && opened(PAY) <= 2);
+        let start = counted_from(0, None, true).unwrap();
+        assert!(counts.nll(start, HOME) < 1.0);
+        assert!(counts.nll(start, PAY) > 4.0, "{}", counts.nll(start, PAY));
+        // A predecessor seen twice vouches for nothing.
+        assert_eq!(counts.nll(RARE, CONFIRM), 0.0);
+        // Only a lane's first two requests are counted.
+        assert_eq!(counted_from(1, Some(CART), true), Some(CART));
+        assert_eq!(counted_from(1, Some(CART), false), None);
+        assert_eq!(counted_from(2, Some(CART), true), None);
+
+        let t = trained();
+        let load = || SequenceModel::load(&t.onnx, Path::new("test.onnx")).unwrap();
+        let calibration = NllCalibration {
+            center: 0.5,
+            threshold: 4.0,
+            target_fpr: 0.005,
+            calibrated_on: 1000,
+            opener_below: None,
+        };
+        let counted = Transformer::new(load(), calibration, Some(counts.clone())).unwrap();
+        let plain = Transformer::new(load(), calibration, None).unwrap();
+        let ids = |v: &[u32]| v.iter().copied().map(TemplateId).collect::<Vec<_>>();
+        let score = |m: &Transformer, ctx: &[u32], current| {
+            m.score(&ids(ctx), true, TemplateId(current)).unwrap().nll
+        };
+        for (ctx, current) in [
+            (&[][..], PAY),
+            (&[][..], HOME),
+            (&[CART][..], LOGOUT),
+            (&[HOME][..], BROWSE),
+            (&[HOME, BROWSE, PRODUCT][..], LOGOUT),
+        ] {
+            let model = score(&plain, ctx, current);
+            let prev = counted_from(ctx.len(), ctx.last().copied(), true);
+            let vouched = prev.map_or(0.0, |p| f64::from(counts.nll(p, current)));
+            let got = score(&counted, ctx, current);
+            assert!(
+                (got - model.max(vouched)).abs() < 1e-5,
+                "{ctx:?} {current}: {got} vs {model} and {vouched}"
+            );
+        }
+        // Logging out right after the cart: the model may find it plausible, the counts do not.
+        let first_steps = score(&counted, &[CART], LOGOUT);
+        assert!(first_steps > 3.0, "{first_steps}");
+        // A longer context is the model's alone.
+        let deep = [HOME, BROWSE, CART];
+        assert_eq!(score(&counted, &deep, LOGOUT), score(&plain, &deep, LOGOUT));
+
+        // The openers' floor reads the counts too: where every counted session opened with
+        // HOME, FEED opens none, whatever the model says of it as a first request.
+        let m = load();
+        let home_only = Transitions::count(&vec![vec![HOME, BROWSE]; 10_000]);
+        let (with, without) = (
+            FreshStart::of(&m, 4.0, Some(&home_only)).unwrap(),
+            FreshStart::of(&m, 4.0, None).unwrap(),
+        );
+        assert!(without.opener(FEED).is_some() && with.opener(FEED).is_none());
+        assert!(without.opener(HOME).is_some() && with.opener(HOME).is_some());
+
+        // Kept in `transformer.json` as sorted lists; damaged entries are refused.
+        let json = serde_json::to_string(&counts).unwrap();
+        assert_eq!(serde_json::from_str::<Transitions>(&json).unwrap(), counts);
+        assert_eq!(
+            json,
+            serde_json::to_string(&Transitions::count(&data)).unwrap()
+        );
+        for bad in [
+            r#"{"start": [[1, 0]], "after": []}"#,
+            r#"{"start": [[1, 3], [1, 2]], "after": []}"#,
+            r#"{"start": [], "after": [[1, 2, 5], [1, 2, 5]]}"#,
+            r#"{"start": [[4294967295, 1]], "after": []}"#,
+        ] {
+            let err = serde_json::from_str::<Transitions>(bad).unwrap_err();
+            assert!(err.to_string().contains("transition"), "{bad}: {err}");
+        }
     }
 }

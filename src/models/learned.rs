@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::detectors::forest::ForestModel;
-use crate::detectors::transformer::{NllCalibration, SequenceModel, Transformer};
+use crate::detectors::transformer::{NllCalibration, SequenceModel, Transformer, Transitions};
 use crate::features::{FEATURES_VERSION, POST, PRE};
 use crate::template::Vocabulary;
 
@@ -80,6 +80,10 @@ impl Learned {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TransformerMeta {
     calibration: NllCalibration,
+    /// Training's transition counts (`Transitions`); absent in sets trained before them,
+    /// which keep scoring the NLLs they were calibrated on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transitions: Option<Transitions>,
 }
 
 /// First 8 bytes of the sha256 of a file: stable across processes, unlike `DefaultHasher`.
@@ -295,6 +299,7 @@ pub fn save(
         write(ONNX, onnx)?;
         let meta = serde_json::to_vec_pretty(&TransformerMeta {
             calibration: t.calibration,
+            transitions: t.transitions().cloned(),
         })
         .map_err(|e| file_err(&dir.join(TRANSFORMER_META), e))?;
         write(TRANSFORMER_META, &meta)?;
@@ -374,8 +379,20 @@ pub fn load(dir: &Path) -> Result<(Learned, Manifest), LearnedError> {
                 ),
             ));
         }
+        if let Some(max) = meta.transitions.as_ref().and_then(|t| t.max_template()) {
+            if max as usize >= learned.vocabulary.len() {
+                return Err(file_err(
+                    &dir.join(TRANSFORMER_META),
+                    format!(
+                        "transitions count template {max}, but the vocabulary has {}",
+                        learned.vocabulary.len()
+                    ),
+                ));
+            }
+        }
         learned.transformer = Some(
-            Transformer::new(model, meta.calibration).map_err(|e| file_err(&dir.join(ONNX), e))?,
+            Transformer::new(model, meta.calibration, meta.transitions)
+                .map_err(|e| file_err(&dir.join(ONNX), e))?,
         );
         learned.transformer_onnx = Some(onnx);
     }
@@ -471,5 +488,41 @@ mod tests {
         std::fs::remove_file(dir.path().join("manifest.json")).unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("manifest.json"), "{err}");
+    }
+
+    #[test]
+    fn transition_counts_round_trip_and_damaged_ones_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = learned();
+        let counts = t.learned.transformer.as_ref().and_then(|m| m.transitions());
+        assert!(counts.is_some_and(|c| c.max_template().is_some()));
+        save(&t.learned, t.canaries.clone(), dir.path()).unwrap();
+        let (back, _) = load(dir.path()).unwrap();
+        assert_eq!(
+            back.transformer.as_ref().and_then(|m| m.transitions()),
+            counts
+        );
+
+        let meta_path = dir.path().join(TRANSFORMER_META);
+        let meta = std::fs::read_to_string(&meta_path).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        let beyond = back.vocabulary.len() as u64;
+        for (edit, reason) in [
+            (serde_json::json!([[1, 0]]), "counted 0 times"),
+            (serde_json::json!([[beyond, 4]]), "but the vocabulary has"),
+        ] {
+            json["transitions"]["start"] = edit;
+            let body = serde_json::to_vec(&json).unwrap();
+            std::fs::write(&meta_path, &body).unwrap();
+            let mpath = dir.path().join("manifest.json");
+            let mut m: Manifest = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+            m.files.insert(TRANSFORMER_META.into(), sha256_hex(&body));
+            std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+            let err = load(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("transformer.json") && err.contains(reason),
+                "{err}"
+            );
+        }
     }
 }
