@@ -116,7 +116,7 @@ impl Default for FileEnsemble {
             rules: d(1.0),
             forest: d(1.0),
             transformer: d(0.7),
-            transformer_unsafe_weight: 0.8,
+            transformer_unsafe_weight: 1.0,
             threshold: 0.5,
             max_action: "block".into(),
         }
@@ -856,7 +856,7 @@ mod tests {
     }
 
     #[test]
-    fn the_transformer_weight_for_state_changes_is_checked_and_defaults_to_0_8() {
+    fn the_transformer_weight_for_state_changes_is_checked_and_defaults_to_1() {
         let ps = problems("rules: {paths: ['/']}\nensemble:\n  transformer_unsafe_weight: 1.5\n");
         assert_eq!(
             ps,
@@ -864,7 +864,7 @@ mod tests {
         );
         let cfg = Config::from_yaml("rules: {paths: ['/']}\n", Path::new("x.yaml"));
         let weight = cfg.map(|c| c.ensemble.transformer_unsafe_weight).ok();
-        assert_eq!(weight, Some(0.8));
+        assert_eq!(weight, Some(1.0));
     }
 
     #[test]
