@@ -667,6 +667,20 @@ pub fn counted_from(len: usize, last: Option<u32>, session_start: bool) -> Optio
     }
 }
 
+/// `nll`, the model's, raised to what `transitions` vouch for `current` after `prev`
+/// (`counted_from`; `None`: the context is the model's alone).
+pub fn with_counts(
+    transitions: Option<&Transitions>,
+    prev: Option<u32>,
+    current: u32,
+    nll: f32,
+) -> f32 {
+    match (transitions, prev) {
+        (Some(t), Some(p)) => nll.max(t.nll(p, current)),
+        _ => nll,
+    }
+}
+
 impl From<Transitions> for TransitionCounts {
     fn from(t: Transitions) -> Self {
         let mut start = Vec::new();
@@ -804,10 +818,7 @@ impl Transformer {
     /// the start of a lane (`Transitions`), then floored for templates that open sessions
     /// (`FreshStart`). Training calibrates on the same.
     pub fn adjust(&self, prev: Option<u32>, current: u32, nll: f32) -> f32 {
-        let nll = match (&self.transitions, prev) {
-            (Some(t), Some(p)) => nll.max(t.nll(p, current)),
-            _ => nll,
-        };
+        let nll = with_counts(self.transitions.as_ref(), prev, current, nll);
         match &self.fresh {
             Some(f) => f.apply(current, nll),
             None => nll,

@@ -24,7 +24,9 @@ pub struct Trained {
     pub learned: Learned,
     pub canaries: Vec<Canary>,
 }
-use crate::detectors::transformer::{counted_from, FreshStart, Transformer, Transitions};
+use crate::detectors::transformer::{
+    counted_from, with_counts, FreshStart, Transformer, Transitions,
+};
 use crate::pipeline;
 use crate::record::Record;
 use crate::session::{agent_hash, key_hash, Decayed, Lanes, SessionConfig, Sessions, TAU_SHORT};
@@ -536,20 +538,16 @@ fn train_transformer(
         )
         .ok_or_else(not_enough)
     };
-    // The plain threshold says which templates are ordinary first requests (`FreshStart`);
-    // the served calibration is made on the floored NLLs.
     // The NLLs as served: at least what the counts vouch for at a lane's start
     // (`Transitions`). The plain threshold of those says which templates are ordinary first
     // requests (`FreshStart`); the served calibration is made on the NLLs floored there too.
     let counted: Vec<f32> = items
         .iter()
         .zip(&nlls)
-        .map(
-            |((ctx, start, t), &n)| match counted_from(ctx.len(), ctx.last().copied(), *start) {
-                Some(p) => n.max(transitions.nll(p, *t)),
-                None => n,
-            },
-        )
+        .map(|((ctx, start, t), &n)| {
+            let prev = counted_from(ctx.len(), ctx.last().copied(), *start);
+            with_counts(Some(&transitions), prev, *t, n)
+        })
         .collect();
     let plain = calibrate(counted.iter().map(|&n| f64::from(n)).collect())?;
     let fresh = FreshStart::of(&model, plain.threshold, Some(&transitions))?;

@@ -249,8 +249,8 @@ fn scenario_6_an_out_of_order_call_is_flagged() {
     }
     let (_, ok) = req(&v, buyer, "POST", "/checkout/payment", BROWSER_UA, 302);
     assert!(!flagged(&ok), "payment after the checkout steps: {ok}");
-    // As a client's very first request too: no training sequence opened with a payment,
-    // and the counts say so however plausible the model finds it (`Transitions`).
+    // As a client's very first request too: paying does not open sessions, so the
+    // first-request floor does not apply, and a state change weighs 1.0.
     let (_, first) = req(
         &v,
         "192.0.2.68",
