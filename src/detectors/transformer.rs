@@ -648,7 +648,18 @@ impl Transitions {
     }
 
     /// The NLL the counts vouch for `current` after `prev` (`counted_from`).
+    ///
+    /// Nothing for the unknown template, before or after: it pools every route the vocabulary
+    /// lacks, above all routes added since training, so the few training sequences that
+    /// opened with some unknown request say nothing about this one (counted, a `POST` to a route added after
+    /// training was flagged as each client's first request to it). A known route too rare
+    /// for the model keeps its counts: those are its own, and a refund no training sequence
+    /// opened with is what the floor is for (`--seed 16`).
     pub fn nll(&self, prev: u32, current: u32) -> f32 {
+        let unknown = crate::template::TemplateId::UNKNOWN.0;
+        if current == unknown || prev == unknown {
+            return 0.0;
+        }
         let n = self.from.get(&prev).copied().unwrap_or(0) as f64;
         let c = f64::from(self.pairs.get(&(prev, current)).copied().unwrap_or(0));
         let upper = (c + 1.0 + 2.0 * (c + 1.0).sqrt()) / n.max(1.0);

@@ -1598,6 +1598,18 @@ mod tests {
         assert!(without.opener(FEED).is_some() && with.opener(FEED).is_none());
         assert!(without.opener(HOME).is_some() && with.opener(HOME).is_some());
 
+        // The unknown template (0) pools routes training never saw: its counts, before or
+        // after, vouch for nothing, where a known route as rare as it keeps its own.
+        let mut rare_starts = vec![vec![HOME, BROWSE]; 9_998];
+        rare_starts.extend([vec![0, HOME], vec![FEED, HOME]]);
+        let rare_starts = Transitions::count(&rare_starts);
+        assert!(rare_starts.nll(start, FEED) > 7.0);
+        assert_eq!(rare_starts.nll(start, 0), 0.0);
+        assert_eq!(rare_starts.nll(0, LOGOUT), 0.0);
+        let served = Transformer::new(load(), calibration, Some(rare_starts)).unwrap();
+        assert_eq!(score(&served, &[], 0), score(&plain, &[], 0));
+        assert!(score(&served, &[], FEED) > 7.0);
+
         // Kept in `transformer.json` as sorted lists; damaged entries are refused.
         let json = serde_json::to_string(&counts).unwrap();
         assert_eq!(serde_json::from_str::<Transitions>(&json).unwrap(), counts);
