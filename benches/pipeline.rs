@@ -1,7 +1,7 @@
 //! Criterion benches for the learned stages and the whole per-request scoring: template
 //! lookup, feature extraction, the isolation forests, the transformer, and `ModelSet`
 //! scoring of one request (both pipeline stages: rules, template, session, forest,
-//! transformer, ensemble, policy), with the shipped model set (`models/`, via
+//! transformer, ensemble, policy) and of a simulated hour's stream, with the shipped model set (`models/`, via
 //! `config.yaml`), or one trained here on the committed access-log sample when none is
 //! shipped.
 
@@ -229,6 +229,76 @@ fn bench_model_set(c: &mut Criterion) {
     g.finish();
 }
 
+/// A simulated hour of the shop's busiest traffic (another seed than the shipped set's
+/// training day; one attack episode of each kind), scored in order with the log's clock as
+/// `vigil score` scores it, each pass from a fresh model set, so with the transformer's cache
+/// cold at the start: what a request costs on a realistic stream, cache misses included, where
+/// `model_set` above cycles pages the cache already holds. Also prints, once, the per-request
+/// distribution of one pass and the share of transformer scores its cache answered.
+fn bench_replay(c: &mut Criterion) {
+    let start = vigil::simulate::SimConfig::default().start + chrono::Duration::hours(11);
+    let lines = vigil::simulate::simulate(&vigil::simulate::SimConfig {
+        seed: 99,
+        start,
+        days: 1.0 / 24.0,
+        scale: 1.0,
+        episodes_per_type: 1,
+    });
+    let records: Vec<Record> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Record::parse_line(&l.line, i + 1).ok())
+        .collect();
+    let fresh = || {
+        let (cfg, set) = model_set();
+        let sessions = Sessions::new(cfg.sessions.clone());
+        (set, sessions)
+    };
+
+    let (set, sessions) = fresh();
+    let mut took: Vec<f64> = records
+        .iter()
+        .map(|r| {
+            let t0 = std::time::Instant::now();
+            black_box(pipeline::score_record(&set, &sessions, r));
+            t0.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    took.sort_by(f64::total_cmp);
+    let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+    let (hits, misses) = set
+        .learned
+        .as_ref()
+        .and_then(|l| l.transformer.as_ref())
+        .map_or((0, 0), |t| t.cache_stats());
+    println!(
+        "replay: {} requests of a simulated hour, whole ModelSet per request: median {:.1} µs, p90 {:.1}, p99 {:.1}, mean {:.1}; transformer cache {:.1}% of {} scores",
+        took.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        took.iter().sum::<f64>() / took.len() as f64,
+        100.0 * hits as f64 / (hits + misses).max(1) as f64,
+        hits + misses
+    );
+
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("simulated_hour", |b| {
+        b.iter_batched(
+            fresh,
+            |(set, sessions)| {
+                for r in &records {
+                    black_box(pipeline::score_record(&set, &sessions, r));
+                }
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
 /// Not a timing: the resident memory one client's session state costs, printed once: a client
 /// of one user agent that requests directly (its window full), and one that also browses by
 /// links (both lanes' windows full, and the 32 pages it was last served).
@@ -281,5 +351,11 @@ fn session_memory(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, session_memory, bench_stages, bench_model_set);
+criterion_group!(
+    benches,
+    session_memory,
+    bench_stages,
+    bench_model_set,
+    bench_replay
+);
 criterion_main!(benches);

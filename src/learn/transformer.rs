@@ -73,7 +73,7 @@ pub struct LmConfig {
 }
 
 impl Default for LmConfig {
-    /// Sized for vigil's budgets: about 77 us per uncached inference with tract on the 2-core
+    /// Sized for vigil's budgets: 54-66 us per uncached inference with tract on the 2-core
     /// development machine and under 30 s of training on 150k requests (README, Performance).
     fn default() -> Self {
         Self {
