@@ -498,8 +498,9 @@ fn tagging(mode: Mode, pre: &Pre) -> bool {
 /// `x-vigil-verdict` (`attack`: the rules decided; `anomaly`: the ensemble; `escalated`: the
 /// client is; else `pass`), `x-vigil-score` (rule points), `x-vigil-rules`, `x-vigil-model`
 /// (the model-set version that judged the request), and with learned
-/// detectors `x-vigil-anomaly-score`, `x-vigil-detectors` (`name=score/threshold`, `!` where it
-/// voted) and `x-vigil-template`. Rule ids are restricted to `[A-Za-z0-9._-]` when packs load
+/// detectors `x-vigil-anomaly-score`, `x-vigil-detectors` (`name=score/threshold(raw/raw
+/// threshold)`, raw in the detector's unit: rule points, forest anomaly score, transformer NLL
+/// in nats; `!` where it voted) and `x-vigil-template`. Rule ids are restricted to `[A-Za-z0-9._-]` when packs load
 /// and templates are escaped, so every value is a valid header value.
 fn verdict_headers(pre: &Pre, models: &ModelSet) -> Vec<(&'static str, String)> {
     let d = &pre.decision;
@@ -527,10 +528,12 @@ fn verdict_headers(pre: &Pre, models: &ModelSet) -> Vec<(&'static str, String)> 
             .iter()
             .map(|s| {
                 format!(
-                    "{}={:.3}/{:.2}{}",
+                    "{}={:.3}/{:.2}({:.4}/{:.4}){}",
                     s.detector.as_str(),
                     s.score,
                     s.threshold,
+                    s.raw,
+                    s.raw_threshold,
                     if s.vote { "!" } else { "" }
                 )
             })

@@ -268,6 +268,62 @@ fn scenario_6_an_out_of_order_call_is_flagged() {
 }
 
 #[test]
+fn tag_mode_carries_each_learned_detectors_evidence_upstream() {
+    let up = Upstream::start();
+    let v = start(&up, "tag");
+    // Paying out of nowhere: flagged by the transformer, and the upstream is told so.
+    let (status, d) = req(
+        &v,
+        "192.0.2.90",
+        "POST",
+        "/checkout/payment",
+        BROWSER_UA,
+        200,
+    );
+    assert_eq!(status, 200, "tag mode passes the request");
+    let seen = up.last();
+    assert_eq!(seen.header("x-vigil-verdict"), Some("anomaly"), "{d}");
+    assert_eq!(
+        seen.header("x-vigil-template"),
+        Some("POST /checkout/payment")
+    );
+    let fused: f64 = seen
+        .header("x-vigil-anomaly-score")
+        .and_then(|s| s.parse().ok())
+        .expect("x-vigil-anomaly-score");
+    assert!(fused >= 0.5 && (fused - d["pre"]["score"].as_f64().unwrap()).abs() < 1e-3);
+    // `name=score/threshold(raw/raw threshold)`, `!` where it voted: the transformer's raw
+    // value is the decision log's NLL.
+    let detectors = seen.header("x-vigil-detectors").expect("x-vigil-detectors");
+    let transformer_entry = detectors
+        .split(';')
+        .find(|e| e.starts_with("transformer="))
+        .unwrap_or_else(|| panic!("{detectors}"));
+    assert!(transformer_entry.ends_with(")!"), "{detectors}");
+    let raw = transformer_entry
+        .split_once('(')
+        .and_then(|(_, r)| r.split_once('/'))
+        .and_then(|(nll, _)| nll.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{detectors}"));
+    assert!((raw - nll(&d)).abs() < 1e-3, "{detectors} vs {d}");
+    for name in ["rules=", "forest_pre="] {
+        assert!(detectors.contains(name), "{detectors}");
+    }
+    // A landing page: passed with no vote.
+    let (_, home) = req(&v, "192.0.2.91", "GET", "/", BROWSER_UA, 200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-vigil-verdict"), Some("pass"), "{home}");
+    assert_eq!(seen.header("x-vigil-template"), Some("GET /"));
+    assert!(
+        !seen
+            .header("x-vigil-detectors")
+            .unwrap_or("!")
+            .contains('!'),
+        "{home}"
+    );
+}
+
+#[test]
 fn a_route_added_after_training_is_not_flagged_as_a_first_request() {
     let up = Upstream::start();
     let v = start(&up, "detect");
