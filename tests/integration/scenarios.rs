@@ -201,10 +201,20 @@ fn scenario_5_brute_force_logins_are_flagged() {
     let up = Upstream::start();
     let v = start(&up, "detect");
     let c = "192.0.2.55";
+    // A forest's raw anomaly score and vote in one stage of a decision.
+    let forest = |d: &serde_json::Value, stage: &str, name: &str| {
+        d[stage]["detectors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["detector"] == name))
+            .map(|x| (x["raw"].as_f64().unwrap_or(0.0), x["vote"] == true))
+            .unwrap_or_else(|| panic!("no {name} in {d}"))
+    };
     let mut flags = 0;
+    let mut failures = Vec::new();
     for _ in 0..5 {
         let (_, d) = req(&v, c, "POST", "/login", BROWSER_UA, 401);
         flags += flagged(&d) as usize;
+        failures.push(forest(&d, "post", "forest_post").0);
     }
     let (_, last) = req(&v, c, "POST", "/login", BROWSER_UA, 200);
     flags += flagged(&last) as usize;
@@ -213,6 +223,14 @@ fn scenario_5_brute_force_logins_are_flagged() {
         flagged(&last),
         "the login that finally works is flagged too: {last}"
     );
+    // Flagged for the failures, not for the route: each 401 makes the status-aware forest
+    // more sure, and the login that works is judged by the client's record of them before
+    // it is answered.
+    assert!(
+        failures.windows(2).all(|w| w[1] > w[0]),
+        "post forest over the failures: {failures:?}"
+    );
+    assert!(forest(&last, "pre", "forest_pre").1, "{last}");
 }
 
 #[test]
