@@ -69,8 +69,13 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         max_templates: usize,
         /// Skip the transformer (templates and forests only).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "transformer_onnx")]
         no_transformer: bool,
+        /// Serve this ONNX sequence model (trained elsewhere, to the contract in
+        /// models/README.md, on the template ids of vocabulary.json from `vigil train` on the
+        /// same logs and configuration) instead of training one; it is calibrated here.
+        #[arg(long, value_name = "FILE")]
+        transformer_onnx: Option<PathBuf>,
         /// Seed of the random choices in training (the forests' samples and trees, the
         /// transformer's initial weights and batches). The same logs and seed give the same
         /// models; another seed shows how much a result owes to chance.
@@ -218,6 +223,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             target_fpr,
             max_templates,
             no_transformer,
+            transformer_onnx,
             seed,
         } => train(
             &log,
@@ -225,7 +231,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             &config,
             (target_fpr, seed),
             max_templates,
-            !no_transformer,
+            match transformer_onnx {
+                Some(p) => TransformerSource::Foreign(p),
+                None if no_transformer => TransformerSource::None,
+                None => TransformerSource::Train,
+            },
         ),
         Command::Score {
             models,
@@ -480,13 +490,21 @@ fn read_records(logs: &[PathBuf]) -> anyhow::Result<Vec<crate::record::Record>> 
     Ok(records)
 }
 
+/// What `vigil train` does for the transformer.
+enum TransformerSource {
+    Train,
+    None,
+    /// `--transformer-onnx`.
+    Foreign(PathBuf),
+}
+
 fn train(
     logs: &[PathBuf],
     out: &std::path::Path,
     config: &std::path::Path,
     (target_fpr, seed): (f64, Option<u64>),
     max_templates: usize,
-    with_transformer: bool,
+    transformer: TransformerSource,
 ) -> anyhow::Result<i32> {
     if !(target_fpr > 0.0 && target_fpr <= 0.5) {
         bail!("--target-fpr must be in (0, 0.5], got {target_fpr}");
@@ -497,6 +515,15 @@ fn train(
     let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rules = RuleSet::load(&cfg.rules.paths)
         .map_err(|e| anyhow::anyhow!("{}", crate::detectors::rules::describe(&e)))?;
+    // Before the logs, which can take a while to read.
+    let foreign = match &transformer {
+        TransformerSource::Foreign(path) => Some(crate::learn::ForeignModel {
+            path: path.clone(),
+            onnx: std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("--transformer-onnx {}: {e}", path.display()))?,
+        }),
+        _ => None,
+    };
     let t0 = std::time::Instant::now();
     let records = read_records(logs)?;
     let mut tc = crate::learn::TrainConfig {
@@ -507,8 +534,10 @@ fn train(
     tc.forest.target_fpr = target_fpr;
     tc.reseed(seed);
     tc.miner.max_templates = max_templates;
-    if !with_transformer {
-        tc.lm = None;
+    match transformer {
+        TransformerSource::Train => {}
+        TransformerSource::None => tc.lm = None,
+        TransformerSource::Foreign(_) => tc.foreign = foreign,
     }
     let mut bar = Progress::default();
     let trained = crate::learn::train(

@@ -42,10 +42,39 @@ pub enum LearnError {
     PreForest(ForestError),
     #[error("post-response forest: {0}")]
     PostForest(ForestError),
+    // Not `#[from]`, which would make the inner error the source as well: printed as a
+    // chain, its text came twice.
     #[error("transformer: {0}")]
-    Transformer(#[from] transformer::LmTrainError),
-    #[error("transformer: the trained model does not load: {0}")]
-    TransformerLoad(#[from] crate::detectors::transformer::TransformerError),
+    Transformer(transformer::LmTrainError),
+    #[error("transformer: the model does not load: {0}")]
+    TransformerLoad(crate::detectors::transformer::TransformerError),
+    #[error("{}: {reason}", path.display())]
+    Foreign {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+impl From<transformer::LmTrainError> for LearnError {
+    fn from(e: transformer::LmTrainError) -> Self {
+        LearnError::Transformer(e)
+    }
+}
+
+impl From<crate::detectors::transformer::TransformerError> for LearnError {
+    fn from(e: crate::detectors::transformer::TransformerError) -> Self {
+        LearnError::TransformerLoad(e)
+    }
+}
+
+/// A sequence model trained elsewhere (`vigil train --transformer-onnx`), on the template ids
+/// of the vocabulary that `vigil train` mines from the same logs: served instead of one trained
+/// here, and calibrated, counted and checked here like one.
+#[derive(Debug, Clone)]
+pub struct ForeignModel {
+    /// Where it was read from, for errors.
+    pub path: std::path::PathBuf,
+    pub onnx: Vec<u8>,
 }
 
 /// Everything training needs to know.
@@ -60,6 +89,8 @@ pub struct TrainConfig {
     pub lm: Option<transformer::LmConfig>,
     /// Share of clients held out of the transformer's training to calibrate its threshold.
     pub calibration_share: f64,
+    /// Serve this model instead of training one (`lm` is then unused).
+    pub foreign: Option<ForeignModel>,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +102,7 @@ impl Default for TrainConfig {
             rule_threshold: 5,
             lm: Some(transformer::LmConfig::default()),
             calibration_share: 0.1,
+            foreign: None,
         }
     }
 }
@@ -425,11 +457,27 @@ pub fn train(
         failure_wave,
         seed: cfg.forest.seed,
     };
-    let (transformer, onnx) = match &cfg.lm {
-        Some(lm) => match train_transformer(
+    let source = match (&cfg.foreign, &cfg.lm) {
+        (Some(f), _) => Some(Source::Foreign(f)),
+        (None, Some(lm)) => Some(Source::Train(lm)),
+        (None, None) => None,
+    };
+    let (transformer, onnx) = match source {
+        // Asked for by name: a log too small to calibrate it is an error, not a set without it.
+        Some(s @ Source::Foreign(_)) => {
+            let (t, bytes) = train_transformer(
+                by_client(sequences),
+                vocabulary.len(),
+                s,
+                cfg,
+                &mut progress,
+            )?;
+            (Some(t), Some(bytes))
+        }
+        Some(s) => match train_transformer(
             by_client(sequences),
             vocabulary.len(),
-            lm,
+            s,
             cfg,
             &mut progress,
         ) {
@@ -464,11 +512,19 @@ fn by_client(sequences: Vec<(u64, Vec<u32>)>) -> Vec<(u64, Vec<Vec<u32>>)> {
     clients.into_iter().collect()
 }
 
-/// Train the sequence model on most clients and calibrate it on the requests of the others.
+/// Where the sequence model comes from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Train(&'a transformer::LmConfig),
+    Foreign(&'a ForeignModel),
+}
+
+/// Train the sequence model on most clients (or take a foreign one) and calibrate it on the
+/// requests of the others.
 fn train_transformer(
     mut clients: Vec<(u64, Vec<Vec<u32>>)>,
     vocab: usize,
-    lm: &transformer::LmConfig,
+    source: Source<'_>,
     cfg: &TrainConfig,
     progress: &mut impl FnMut(&str, usize, usize),
 ) -> Result<(Transformer, Vec<u8>), LearnError> {
@@ -488,22 +544,46 @@ fn train_transformer(
         }
     }
     let transitions = Transitions::count(&train);
-    let (onnx, report) = transformer::train(&train, vocab, lm, |epoch, batch, batches| {
-        progress(&format!("transformer {epoch}"), batch, batches)
-    })?;
-    tracing::info!(
-        windows = report.windows,
-        epochs = report.epochs_run,
-        best_epoch = report.best_epoch,
-        validation_loss = report
-            .validation_loss
-            .get(report.best_epoch.saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN),
-        seconds = report.seconds,
-        "Transformer trained."
-    );
-    let model = SequenceModel::load(&onnx, std::path::Path::new("transformer.onnx"))?;
+    let model = match source {
+        Source::Train(lm) => {
+            let (onnx, report) = transformer::train(&train, vocab, lm, |epoch, batch, batches| {
+                progress(&format!("transformer {epoch}"), batch, batches)
+            })?;
+            tracing::info!(
+                windows = report.windows,
+                epochs = report.epochs_run,
+                best_epoch = report.best_epoch,
+                validation_loss = report
+                    .validation_loss
+                    .get(report.best_epoch.saturating_sub(1))
+                    .copied()
+                    .unwrap_or(f64::NAN),
+                seconds = report.seconds,
+                "Transformer trained."
+            );
+            (
+                SequenceModel::load(&onnx, std::path::Path::new("transformer.onnx"))?,
+                onnx,
+            )
+        }
+        Source::Foreign(f) => {
+            let foreign = |reason: String| LearnError::Foreign {
+                path: f.path.clone(),
+                reason,
+            };
+            let model = SequenceModel::load(&f.onnx, &f.path)?;
+            if model.n_templates() < vocab {
+                return Err(foreign(format!(
+                    "knows {} templates, but the vocabulary mined from these logs has {vocab}: \
+                     train it on the template ids of vocabulary.json from `vigil train` on the \
+                     same logs and configuration",
+                    model.n_templates()
+                )));
+            }
+            (model, f.onnx.clone())
+        }
+    };
+    let (model, onnx) = model;
     // Every request of the held-out clients, scored as the proxy would: with the sequence's
     // previous templates as context, BOS while the whole sequence fits. (The proxy keeps
     // `sessions.window` templates; `ModelSet` warns when that is shorter than the model's W,

@@ -116,3 +116,102 @@ fn rates_follow_the_logs_timestamps_not_the_reading_speed() {
         rate10(&spread)
     );
 }
+
+/// `vigil train` on the committed sample with `args`; its exit status and stderr.
+fn train(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["train", "--config"])
+        .arg(repo().join("config.yaml"))
+        .arg("--log")
+        .arg(repo().join("tests/data/access_log.sample.log"))
+        .args(args)
+        .output()
+        .expect("run vigil train");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn train_serves_a_model_trained_elsewhere_calibrated_here() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (own, foreign, small, broken) = (
+        dir.path().join("own"),
+        dir.path().join("foreign"),
+        dir.path().join("small"),
+        dir.path().join("broken"),
+    );
+    // Stands in for a model trained elsewhere: one of ours, on the same logs' template ids.
+    let (ok, err) = train(&["--out".as_ref(), own.as_os_str()]);
+    assert!(ok, "{err}");
+    let onnx = own.join("transformer.onnx");
+    let (ok, err) = train(&[
+        "--out".as_ref(),
+        foreign.as_os_str(),
+        "--transformer-onnx".as_ref(),
+        onnx.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    // Served as given, calibrated on this log's held-out clients, and the set loads and scores.
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read");
+    assert_eq!(read(&foreign.join("transformer.onnx")), read(&onnx));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&read(&foreign.join("transformer.json"))).expect("json");
+    let threshold = meta["calibration"]["threshold"]
+        .as_f64()
+        .expect("threshold");
+    assert!(threshold.is_finite() && threshold > 0.0, "{meta}");
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["score", "--config"])
+        .arg(repo().join("config.yaml"))
+        .arg("--models")
+        .arg(&foreign)
+        .arg(repo().join("tests/data/access_log.sample.log"))
+        .output()
+        .expect("run vigil score");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first: serde_json::Value = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .expect("a scored line");
+    assert!(
+        first["pre"]["detectors"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|d| d["detector"] == "transformer")),
+        "{first}"
+    );
+
+    // A model of fewer templates than the log's vocabulary is refused, naming its file, and
+    // nothing is written.
+    let (ok, _) = train(&[
+        "--out".as_ref(),
+        small.as_os_str(),
+        "--max-templates".as_ref(),
+        "5".as_ref(),
+    ]);
+    assert!(ok && small.join("transformer.onnx").exists());
+    let (ok, err) = train(&[
+        "--out".as_ref(),
+        broken.as_os_str(),
+        "--transformer-onnx".as_ref(),
+        small.join("transformer.onnx").as_os_str(),
+    ]);
+    assert!(
+        !ok && err.contains("small/transformer.onnx") && err.contains("templates"),
+        "{err}"
+    );
+    assert!(!broken.exists());
+    // So is a truncated one.
+    let cut = dir.path().join("cut.onnx");
+    std::fs::write(&cut, &read(&onnx)[..200]).expect("write");
+    let (ok, err) = train(&[
+        "--out".as_ref(),
+        broken.as_os_str(),
+        "--transformer-onnx".as_ref(),
+        cut.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("cut.onnx"), "{err}");
+    assert!(!broken.exists());
+}
