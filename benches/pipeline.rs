@@ -1,9 +1,9 @@
 //! Criterion benches for the learned stages and the whole per-request scoring: template
 //! lookup, feature extraction, the isolation forests, the transformer, and `ModelSet`
 //! scoring of one request (both pipeline stages: rules, template, session, forest,
-//! transformer, ensemble, policy) and of a simulated hour's stream, with the shipped model set (`models/`, via
-//! `config.yaml`), or one trained here on the committed access-log sample when none is
-//! shipped.
+//! transformer, ensemble, policy) and of a simulated hour's stream, with the shipped model
+//! set (`models/`, via `config.yaml`), or one trained here on the committed access-log
+//! sample when none is shipped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -288,10 +288,12 @@ fn bench_replay(c: &mut Criterion) {
     g.bench_function("simulated_hour", |b| {
         b.iter_batched(
             fresh,
+            // Returned, so that criterion drops the set and its clients' state untimed.
             |(set, sessions)| {
                 for r in &records {
                     black_box(pipeline::score_record(&set, &sessions, r));
                 }
+                (set, sessions)
             },
             criterion::BatchSize::PerIteration,
         )

@@ -534,11 +534,10 @@ fn train(
     tc.forest.target_fpr = target_fpr;
     tc.reseed(seed);
     tc.miner.max_templates = max_templates;
-    match transformer {
-        TransformerSource::Train => {}
-        TransformerSource::None => tc.lm = None,
-        TransformerSource::Foreign(_) => tc.foreign = foreign,
+    if matches!(transformer, TransformerSource::None) {
+        tc.lm = None;
     }
+    tc.foreign = foreign;
     let mut bar = Progress::default();
     let trained = crate::learn::train(
         &records,

@@ -560,10 +560,8 @@ impl FreshStart {
         transitions: Option<&Transitions>,
     ) -> Result<FreshStart, TransformerError> {
         let mut fresh = model.fresh_session_nlls()?;
-        if let Some(t) = transitions {
-            for (id, f) in fresh.iter_mut().enumerate() {
-                *f = f.max(t.nll(START, id as u32));
-            }
+        for (id, f) in fresh.iter_mut().enumerate() {
+            *f = with_counts(transitions, Some(START), id as u32, *f);
         }
         Ok(FreshStart { fresh, cut })
     }
@@ -651,8 +649,8 @@ impl Transitions {
     ///
     /// Nothing for the unknown template, before or after: it pools every route the vocabulary
     /// lacks, above all routes added since training, so the few training sequences that
-    /// opened with some unknown request say nothing about this one (counted, a `POST` to a route added after
-    /// training was flagged as each client's first request to it). A known route too rare
+    /// opened with some unknown request say nothing about this one (counted, a `POST` to a
+    /// route added after training was flagged as each client's first request to it). A known route too rare
     /// for the model keeps its counts: those are its own, and a refund no training sequence
     /// opened with is what the floor is for (`--seed 16`).
     pub fn nll(&self, prev: u32, current: u32) -> f32 {

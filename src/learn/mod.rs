@@ -463,17 +463,6 @@ pub fn train(
         (None, None) => None,
     };
     let (transformer, onnx) = match source {
-        // Asked for by name: a log too small to calibrate it is an error, not a set without it.
-        Some(s @ Source::Foreign(_)) => {
-            let (t, bytes) = train_transformer(
-                by_client(sequences),
-                vocabulary.len(),
-                s,
-                cfg,
-                &mut progress,
-            )?;
-            (Some(t), Some(bytes))
-        }
         Some(s) => match train_transformer(
             by_client(sequences),
             vocabulary.len(),
@@ -482,8 +471,11 @@ pub fn train(
             &mut progress,
         ) {
             Ok((t, bytes)) => (Some(t), Some(bytes)),
-            // A log too small for a sequence model still makes useful templates and forests.
-            Err(LearnError::Transformer(e @ transformer::LmTrainError::NotEnoughData(_))) => {
+            // A log too small for a sequence model still makes useful templates and forests;
+            // a model asked for by name (`Foreign`) that cannot be calibrated is an error.
+            Err(LearnError::Transformer(e @ transformer::LmTrainError::NotEnoughData(_)))
+                if matches!(s, Source::Train(_)) =>
+            {
                 tracing::warn!(reason = %e, "The model set is written without a transformer.");
                 (None, None)
             }
@@ -544,7 +536,7 @@ fn train_transformer(
         }
     }
     let transitions = Transitions::count(&train);
-    let model = match source {
+    let (model, onnx) = match source {
         Source::Train(lm) => {
             let (onnx, report) = transformer::train(&train, vocab, lm, |epoch, batch, batches| {
                 progress(&format!("transformer {epoch}"), batch, batches)
@@ -567,23 +559,21 @@ fn train_transformer(
             )
         }
         Source::Foreign(f) => {
-            let foreign = |reason: String| LearnError::Foreign {
-                path: f.path.clone(),
-                reason,
-            };
             let model = SequenceModel::load(&f.onnx, &f.path)?;
             if model.n_templates() < vocab {
-                return Err(foreign(format!(
-                    "knows {} templates, but the vocabulary mined from these logs has {vocab}: \
-                     train it on the template ids of vocabulary.json from `vigil train` on the \
-                     same logs and configuration",
-                    model.n_templates()
-                )));
+                return Err(LearnError::Foreign {
+                    path: f.path.clone(),
+                    reason: format!(
+                        "knows {} templates, but the vocabulary mined from these logs has \
+                         {vocab}: train it on the template ids of vocabulary.json from `vigil \
+                         train` on the same logs and configuration",
+                        model.n_templates()
+                    ),
+                });
             }
             (model, f.onnx.clone())
         }
     };
-    let (model, onnx) = model;
     // Every request of the held-out clients, scored as the proxy would: with the sequence's
     // previous templates as context, BOS while the whole sequence fits. (The proxy keeps
     // `sessions.window` templates; `ModelSet` warns when that is shorter than the model's W,

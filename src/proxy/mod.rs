@@ -500,8 +500,9 @@ fn tagging(mode: Mode, pre: &Pre) -> bool {
 /// (the model-set version that judged the request), and with learned
 /// detectors `x-vigil-anomaly-score`, `x-vigil-detectors` (`name=score/threshold(raw/raw
 /// threshold)`, raw in the detector's unit: rule points, forest anomaly score, transformer NLL
-/// in nats; `!` where it voted) and `x-vigil-template`. Rule ids are restricted to `[A-Za-z0-9._-]` when packs load
-/// and templates are escaped, so every value is a valid header value.
+/// in nats; `!` where it voted) and `x-vigil-template`. Rule ids are restricted to
+/// `[A-Za-z0-9._-]` when packs load and templates are escaped, so every value is a valid
+/// header value.
 fn verdict_headers(pre: &Pre, models: &ModelSet) -> Vec<(&'static str, String)> {
     let d = &pre.decision;
     let v = &pre.verdict;
